@@ -122,14 +122,8 @@ class ExperimentConfig(_Strict):
 class ExperimentsFile(_Strict):
     """Top level of experiments.yaml."""
 
-    default: str = Field("demo", description="Experiment used when -e is not given.")
+    default: str | None = Field(None, description="Experiment used when -e is not given (unset: the first one).")
     experiments: dict[str, ExperimentConfig] = Field(description="Named experiments.")
-
-    @model_validator(mode="after")
-    def _default_exists(self) -> ExperimentsFile:
-        if self.default not in self.experiments:
-            raise ValueError(f"default {self.default!r} is not an experiment; allowed: {', '.join(self.experiments)}")
-        return self
 
 
 class ResolvedExperiment(BaseModel):
@@ -203,7 +197,12 @@ def load_experiment(
     YAML), as given with ``--set``.
     """
     config_path, parsed = load_file(config)
-    name = name or parsed.default
+    if name is None:
+        name = parsed.default or next(iter(parsed.experiments), None)
+        if name not in parsed.experiments:
+            raise ConfigError(
+                f"{config_path}: default: {name!r} is not an experiment; allowed: {', '.join(parsed.experiments) or '(none defined)'}"
+            )
     if name not in parsed.experiments:
         raise ConfigError(
             f"{config_path}: experiments.{name}: unknown experiment; allowed: {', '.join(parsed.experiments)}"
@@ -298,7 +297,8 @@ def read_yaml(path: Path) -> Any:
 
 def format_validation_error(path: Path, exc: ValidationError, prefix: str = "", via: str = "") -> str:
     """One line for the first pydantic error: file, dotted key, what is wrong and what is allowed."""
-    errors = exc.errors()
+    # An unknown key is usually the typo behind the other errors (e.g. a "missing" one).
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix] + loc if prefix else loc) or "(top level)"

@@ -1,0 +1,308 @@
+"""Command line: a thin Typer layer over importable functions.
+
+Each command parses flags, loads the config and calls one function. TensorFlow (and other
+heavy libraries) are imported inside commands, so ``flower-exp --help`` starts instantly.
+User errors (:class:`FlowerExpError`) print one line and exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .errors import FlowerExpError
+
+app = typer.Typer(
+    name="flower-exp",
+    help="Experiment-tracking sweep harness for image classification (Optuna + Keras + MLflow).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect and validate experiments.yaml.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets in the competition TFRecord layout.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _State:
+    config: Optional[str] = None
+
+
+state = _State()
+
+ExperimentOpt = Annotated[
+    Optional[str], typer.Option("--experiment", "-e", help="Experiment name from experiments.yaml (default: its `default`).")
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a setting, KEY=VALUE (dotted keys for nested ones, e.g. augment.flip=false). Repeatable."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"flower-exp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="experiments.yaml to use (default: ./experiments.yaml, else the packaged one)."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """flower-exp: sweep, track, ensemble and export image classifiers."""
+    state.config = str(config) if config else None
+
+
+def _experiment(name: Optional[str], overrides: Optional[list[str]] = None):
+    from .config import load_experiment
+
+    return load_experiment(name, state.config, overrides or [])
+
+
+def _log(message: str) -> None:
+    err.print(f"[dim]{message}[/dim]")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(
+    experiment: ExperimentOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Validate experiments.yaml and print one experiment's resolved configuration."""
+    exp = _experiment(experiment, set_)
+    resolved = exp.config.model_dump(mode="json")
+    resolved["data_dir"] = exp.data_dir
+    resolved["cache_dir"] = exp.cache_dir
+    resolved["extra_data"] = [e.model_dump(mode="json") for e in exp.extra_data]
+    if exp.class_names is not None:
+        resolved["classes"] = exp.class_names
+        resolved.pop("classes_file", None)
+    if as_json:
+        out.print_json(json.dumps({"config_file": exp.config_path, "experiment": resolved}))
+        return
+    out.print(f"# config file: {exp.config_path}")
+    if exp.class_names is None:
+        out.print(f"# classes: read from {exp.data_dir}/classes.txt")
+    out.print(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True, width=1000).rstrip())
+
+
+@config_app.command("keys")
+def config_keys() -> None:
+    """List every experiment setting with its default and description."""
+    from .config import describe_fields
+
+    table = Table("key", "default", "description", show_lines=False)
+    for key, default, description in describe_fields():
+        table.add_row(key, default, description)
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("demo")
+def data_demo(
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Output folder (default: the demo experiment's data_dir).")
+    ] = None,
+    experiment: ExperimentOpt = None,
+    classes: Annotated[Optional[int], typer.Option(help="Number of classes (2-104).")] = None,
+    per_class: Annotated[Optional[int], typer.Option("--per-class", help="Images per class over all splits.")] = None,
+    sizes: Annotated[Optional[str], typer.Option(help="Comma-separated square sizes, e.g. 32,64.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Generator seed (same seed, identical bytes).")] = None,
+    shards: Annotated[Optional[int], typer.Option(help="Shards per split.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset at --out.")] = False,
+) -> None:
+    """Generate the synthetic demo dataset in the exact competition layout.
+
+    Defaults come from the experiment's `generate` recipe (experiment `demo` unless -e).
+    """
+    from .config import DemoSpec
+    from .data.demo import generate_demo
+
+    # --out alone uses the built-in recipe; otherwise the experiment's recipe and folder.
+    exp = _experiment(experiment) if out_dir is None or experiment else None
+    if exp is not None and exp.config.generate is None:
+        raise FlowerExpError(
+            f"{exp.config_path}: experiments.{exp.name}.generate: not set; {exp.name!r} is not generated data "
+            "(pick a generated experiment with -e, or pass --out DIR)"
+        )
+    spec = exp.config.generate if exp is not None else DemoSpec()
+    target = str(out_dir) if out_dir is not None else exp.data_dir
+    info = generate_demo(
+        target,
+        classes=classes if classes is not None else spec.classes,
+        per_class=per_class if per_class is not None else spec.per_class,
+        sizes=_int_list(sizes, "--sizes") if sizes else spec.sizes,
+        seed=seed if seed is not None else spec.seed,
+        shards=shards if shards is not None else spec.shards,
+        force=force,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in info.counts.items())
+    out.print(f"wrote demo dataset to {info.root}: {len(info.classes)} classes, sizes {info.sizes}, {counts}")
+    out.print(f"next: flower-exp data inspect {info.root}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[
+        Optional[str], typer.Argument(help="Dataset root (local folder or gs:// URL). Default: the experiment's data_dir.")
+    ] = None,
+    experiment: ExperimentOpt = None,
+    size: Annotated[Optional[int], typer.Option(help="Which tfrecords-jpeg-SxS folder (default: the largest).")] = None,
+    skip_corrupt: Annotated[
+        bool, typer.Option("--skip-corrupt", help="Report corrupt records/shards and go on instead of stopping.")
+    ] = False,
+    sheet: Annotated[
+        Optional[Path], typer.Option(help="Contact-sheet PNG to write (default: ./contact-sheet-<S>.png).")
+    ] = None,
+    no_sheet: Annotated[bool, typer.Option("--no-sheet", help="Do not write a contact sheet.")] = False,
+    samples: Annotated[int, typer.Option(help="Images on the contact sheet.")] = 24,
+) -> None:
+    """Splits, shard and record counts, image sizes, class histogram, duplicate ids, contact sheet."""
+    from .data import records
+    from .data.inspect import inspect_dataset, render_report
+
+    class_names = None
+    if path is None:
+        from .data.dataset import open_data
+
+        data = open_data(_experiment(experiment), log=_log)
+        path, class_names = data.root, data.class_names
+    if size is None:
+        sizes = records.available_sizes(path)
+        size = sizes[-1] if sizes else None
+    sheet_path = None if no_sheet else str(sheet or Path.cwd() / f"contact-sheet-{size}.png")
+    with err.status("reading shards..."):
+        report = inspect_dataset(
+            path, size=size, skip_corrupt=skip_corrupt, sheet_path=sheet_path, sheet_samples=samples, class_names=class_names
+        )
+    render_report(report, out)
+
+
+@data_app.command("import-folder")
+def data_import_folder(
+    src: Annotated[Path, typer.Argument(help="Folder with one subfolder of images (JPEG/PNG) per class.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output dataset root (competition layout).")],
+    sizes: Annotated[str, typer.Option(help="Comma-separated square sizes to write, e.g. 224,331.")] = "224",
+    val: Annotated[float, typer.Option(help="Validation fraction per class.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Test fraction per class (0: no test split).")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    shards: Annotated[int, typer.Option(help="Shards per split.")] = 8,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = 40_000_000,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset at --out.")] = False,
+) -> None:
+    """Convert class-per-subfolder images into the competition TFRecord layout."""
+    from .data.importer import import_folder
+
+    with err.status("importing images..."):
+        report = import_folder(
+            str(src),
+            str(out_dir),
+            sizes=_int_list(sizes, "--sizes"),
+            val_fraction=val,
+            test_fraction=test,
+            seed=seed,
+            shards=shards,
+            max_pixels=max_pixels,
+            force=force,
+        )
+    for item in report.skipped:
+        err.print(f"[yellow]skipped[/yellow] {item}")
+    for item in report.duplicates:
+        err.print(f"[yellow]duplicate[/yellow] {item}")
+    counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
+    out.print(
+        f"wrote {report.out}: {len(report.classes)} classes, sizes {report.sizes}, {counts}; "
+        f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicates"
+    )
+
+
+@data_app.command("check-leakage")
+def data_check_leakage(
+    experiment: ExperimentOpt = None,
+    set_: SetOpt = None,
+    size: Annotated[Optional[int], typer.Option(help="Image size to read (default: the experiment's image_size).")] = None,
+    max_distance: Annotated[
+        Optional[int], typer.Option("--max-distance", help="Hamming distance (of 64) counted as the same photo.")
+    ] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="PNG of the leaking pairs (default: ./leakage-<experiment>.png).")] = None,
+) -> None:
+    """Find the same photo across train/val/test and between extra_data and val/test."""
+    from .data.dataset import open_data
+    from .data.leakage import check_leakage, plot_pairs
+
+    exp = _experiment(experiment, set_)
+    data = open_data(exp, log=_log)
+    with err.status("hashing images..."):
+        report = check_leakage(
+            data.root,
+            size=size or exp.config.image_size,
+            extra=data.extra,
+            max_distance=exp.config.leakage.max_distance if max_distance is None else max_distance,
+            cache_dir=exp.cache_dir,
+        )
+    checked = ", ".join(f"{k} {v}" for k, v in report.checked.items())
+    out.print(f"checked {checked} (max distance {report.max_distance})")
+    if not report.pairs:
+        out.print("no leakage found")
+        return
+    table = Table("kind", "pairs")
+    for kind, n in report.by_kind().items():
+        table.add_row(kind, str(n))
+    out.print(table)
+    for pair in report.pairs[:20]:
+        out.print(f"  {pair.a.split}:{pair.a.id} ~ {pair.b.split}:{pair.b.id}  distance {pair.distance}  ({pair.a.source} / {pair.b.source})")
+    target = str(plot or Path.cwd() / f"leakage-{exp.name}.png")
+    plot_pairs(report, target)
+    out.print(f"{len(report.pairs)} leaking pairs; picture: {target}")
+    raise typer.Exit(1)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise FlowerExpError(f"{flag} {text!r}: expected comma-separated integers, e.g. 32,64") from None
+    if not values or any(v <= 0 for v in values):
+        raise FlowerExpError(f"{flag} {text!r}: expected positive integers, e.g. 32,64")
+    return values
+
+
+def main() -> None:
+    """Console-script entry point: runs the app, mapping user errors to exit 2."""
+    try:
+        app()
+    except FlowerExpError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,43 @@
+"""CLI start-up and plumbing that does not need data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_line_error
+
+HEAVY = ("tensorflow", "keras", "mlflow", "optuna")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["data", "--help"], ["config", "--help"], ["data", "inspect", "--help"], ["data", "demo", "--help"],
+     ["data", "import-folder", "--help"], ["data", "check-leakage", "--help"], ["config", "show", "--help"], ["--version"]],
+)
+def test_help_does_not_import_heavy_libraries(argv):
+    code = (
+        "import sys\n"
+        f"sys.argv = ['flower-exp', *{argv!r}]\n"
+        "from flower_exp.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY=\n" in proc.stdout, proc.stdout[-300:]
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("flower-exp")
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("flower-exp "), proc.stderr
+
+
+def test_bad_int_list_is_a_user_error(cli, tmp_path):
+    assert_one_line_error(cli("data", "demo", "--out", str(tmp_path / "d"), "--sizes", "32,x"), "--sizes '32,x'")
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,205 @@
+"""experiments.yaml: validation, resolution and every error path (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, assert_one_line_error
+from flower_exp.config import ExperimentConfig, describe_fields, load_experiment
+from flower_exp.errors import ConfigError
+
+
+def write_config(folder: Path, text: str) -> Path:
+    path = folder / "experiments.yaml"
+    path.write_text(text)
+    return path
+
+
+VALID = """
+default: mine
+experiments:
+  mine:
+    data_dir: data
+    classes: [a, b, c]
+    image_size: 48
+  remote:
+    classes_file: builtin:petals
+"""
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "data").mkdir()
+    write_config(tmp_path, VALID)
+    return tmp_path
+
+
+def test_resolves_relative_paths_against_config_folder(project):
+    exp = load_experiment(config=project / "experiments.yaml")
+    assert exp.name == "mine"
+    assert exp.data_dir == str(project / "data")
+    assert exp.cache_dir == str(project / "mlruns" / "cache")
+    assert exp.class_names == ["a", "b", "c"]
+    assert exp.config.image_size == 48
+    assert exp.config.augment.flip is True  # default filled in
+
+
+def test_data_dir_from_gcs_ds_path_and_builtin_classes(project):
+    exp = load_experiment("remote", project / "experiments.yaml", env={"GCS_DS_PATH": "gs://bucket/flowers"})
+    assert exp.data_dir == "gs://bucket/flowers"
+    assert len(exp.class_names) == 104
+    assert exp.class_names[0] == "pink primrose"
+    shipped = (REPO.parent / "shared" / "data" / "petals-classes.txt")
+    if shipped.exists():
+        assert exp.class_names == [l.strip() for l in shipped.read_text().splitlines() if l.strip()]
+
+
+def test_overrides_apply_nested_and_revalidate(project):
+    exp = load_experiment(config=project, overrides=["image_size=96", "augment.flip=false", "augment.crop_scale=1"])
+    assert exp.config.image_size == 96
+    assert exp.config.augment.flip is False
+    assert exp.config.augment.crop_scale == 1.0
+    with pytest.raises(ConfigError, match=r"--set augment\.nope: unknown key; allowed: .*brightness"):
+        load_experiment(config=project, overrides=["augment.nope=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_experiment(config=project, overrides=["image_size"])
+    with pytest.raises(ConfigError, match=r"image_size: Input should be greater than 0"):
+        load_experiment(config=project, overrides=["image_size=0"])
+
+
+def test_every_field_has_a_description():
+    rows = describe_fields(ExperimentConfig)
+    assert {"image_size", "augment.flip", "leakage.max_distance"} <= {key for key, _, _ in rows}
+    missing = [key for key, _, desc in rows if not desc]
+    assert not missing, missing
+
+
+def test_shipped_experiments_yaml_is_packaged_copy():
+    repo_copy = (REPO / "experiments.yaml").read_text()
+    packaged = (REPO / "flower_exp" / "resources" / "experiments.yaml").read_text()
+    assert repo_copy == packaged, "flower_exp/resources/experiments.yaml must equal experiments.yaml"
+    loaded = yaml.safe_load(repo_copy)
+    assert {"demo", "petals"} <= set(loaded["experiments"])
+
+
+def test_yaml_is_read_with_safe_load(tmp_path):
+    write_config(tmp_path, "experiments: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_experiment(config=tmp_path)
+
+
+# ----------------------------------------------------------------- CLI error paths
+
+
+def test_config_show_resolves_defaults(cli, project):
+    result = cli("config", "show", cwd=project)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["data_dir"] == str(project / "data")
+    assert shown["augment"]["crop_scale"] == 0.85
+    result = cli("config", "show", "-e", "remote", "--json", cwd=project, env={"GCS_DS_PATH": "gs://b/x"})
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["experiment"]["data_dir"] == "gs://b/x"
+    assert len(payload["experiment"]["classes"]) == 104
+
+
+def test_config_show_uses_packaged_default_outside_a_project(cli, tmp_path):
+    result = cli("config", "show", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["name"] == "demo"
+    assert shown["data_dir"] == str(tmp_path / "data" / "demo")
+
+
+def test_config_keys_lists_descriptions(cli, tmp_path):
+    result = cli("config", "keys", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "augment.crop_scale" in result.stdout and "Random crop/zoom" in result.stdout
+
+
+ERROR_CASES = {
+    "malformed": ("experiments:\n  demo: [unclosed\n", [], "malformed YAML"),
+    "empty": ("", [], "empty file"),
+    "not_a_mapping": ("- a\n- b\n", [], "(top level)"),
+    "unknown_top_key": ("experimants: {}\n", [], "experimants: unknown key; allowed: default, experiments"),
+    "unknown_nested_key": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    augment: {flipp: true}\n",
+        ["-e", "x"],
+        "experiments.x.augment.flipp: unknown key; allowed: enabled, flip, crop_scale, brightness, contrast",
+    ),
+    "wrong_type": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    image_size: big\n",
+        ["-e", "x"],
+        "experiments.x.image_size: Input should be a valid integer",
+    ),
+    "negative_size": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    image_size: -1\n",
+        ["-e", "x"],
+        "experiments.x.image_size: Input should be greater than 0 (got -1)",
+    ),
+    "crop_out_of_range": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    augment: {crop_scale: 1.5}\n",
+        ["-e", "x"],
+        "experiments.x.augment.crop_scale: Input should be less than or equal to 1",
+    ),
+    "missing_data_dir": (
+        "experiments:\n  x:\n    classes: [a]\n",
+        ["-e", "x"],
+        "experiments.x.data_dir: not set; set data_dir in the file or export GCS_DS_PATH",
+    ),
+    "data_dir_does_not_exist": (
+        "experiments:\n  x:\n    data_dir: nowhere\n    classes: [a]\n",
+        ["-e", "x"],
+        "experiments.x.data_dir:",
+    ),
+    "unknown_experiment": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n",
+        ["-e", "nope"],
+        "experiments.nope: unknown experiment; allowed: x",
+    ),
+    "bad_default": ("default: demo\nexperiments:\n  x:\n    data_dir: .\n", [], "default: 'demo' is not an experiment; allowed: x"),
+    "classes_twice": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    classes_file: c.txt\n",
+        ["-e", "x"],
+        "set either classes or classes_file, not both",
+    ),
+    "unknown_builtin_classes": (
+        "experiments:\n  x:\n    data_dir: .\n    classes_file: builtin:roses\n",
+        ["-e", "x"],
+        "experiments.x.classes_file: unknown builtin 'builtin:roses'; allowed: builtin:petals",
+    ),
+    "extra_data_bad_split": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    extra_data: [{path: ., splits: [test]}]\n",
+        ["-e", "x"],
+        "experiments.x.extra_data.0.splits: unknown split 'test'; allowed: train, val",
+    ),
+    "extra_data_unknown_key": (
+        "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    extra_data: [{path: ., split: [train]}]\n",
+        ["-e", "x"],
+        "experiments.x.extra_data.0.split: unknown key; allowed: path, splits",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_config_errors_exit_2_with_one_line(cli, tmp_path, case):
+    text, args, fragment = ERROR_CASES[case]
+    path = write_config(tmp_path, text)
+    result = cli("config", "show", *args, cwd=tmp_path)
+    assert_one_line_error(result, str(path), fragment)
+
+
+def test_missing_config_file_and_bad_set(cli, project, tmp_path):
+    assert_one_line_error(cli("--config", str(tmp_path / "nope.yaml"), "config", "show"), "nope.yaml: config file not found")
+    assert_one_line_error(cli("config", "show", "--set", "augment.flipp=1", cwd=project), "--set augment.flipp: unknown key")
+    assert_one_line_error(cli("config", "show", "--set", "image_size=x", cwd=project), "--set experiments.mine.image_size")
+
+
+def test_unreadable_file_is_a_user_error(cli, tmp_path):
+    (tmp_path / "experiments.yaml").write_bytes(b"\xff\xfe\x00bad")
+    assert_one_line_error(cli("config", "show", cwd=tmp_path), "cannot read")
