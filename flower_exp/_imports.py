@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -28,6 +31,30 @@ def require(module: str) -> ModuleType:
 
 
 def tensorflow() -> ModuleType:
-    """Return the ``tensorflow`` module, importing it (quietly) on first use."""
+    """Return the ``tensorflow`` module, importing it (quietly) on first use.
+
+    TensorFlow 2.21's native libraries print absl banners (oneDNN, CPU features) straight to
+    file descriptor 2 while loading, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; they would turn
+    every one-line error into a screenful. Set ``FLOWER_EXP_TF_LOGS=1`` to see them.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return require("tensorflow")
+    if os.environ.get("FLOWER_EXP_TF_LOGS") == "1":
+        return require("tensorflow")
+    with _stderr_silenced():
+        return require("tensorflow")
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -82,6 +82,76 @@ def _log(message: str) -> None:
     err.print(f"[dim]{message}[/dim]")
 
 
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)."),
+]
+
+
+# --------------------------------------------------------------------------- train / runs
+
+
+@app.command("train")
+def train_command(
+    experiment: ExperimentOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="MLflow run name (default: ARCH-SIZEpx).")] = None,
+    allow_leakage: Annotated[
+        bool, typer.Option("--allow-leakage", help="Train even if an extra_data source contains val/test images.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
+    cpu_replicas: Annotated[
+        int, typer.Option("--cpu-replicas", help="Split the CPU into N logical devices (to try strategy=mirrored without GPUs).")
+    ] = 1,
+) -> None:
+    """Train one model and record params, per-epoch metrics and artifacts in MLflow."""
+    exp = _experiment(experiment, set_)
+    if cpu_replicas > 1:
+        from .strategy import split_cpu
+
+        split_cpu(cpu_replicas)
+    from .train import run
+
+    result = run(
+        exp,
+        tracking_uri=tracking_uri,
+        run_name=run_name,
+        allow_leakage=allow_leakage,
+        progress=None if quiet else (lambda message: err.print(escape(message))),
+    )
+    out.print(
+        f"run {result.run_id}: best val_macro_f1 {result.best_val_macro_f1:.4f} at epoch {result.best_epoch} "
+        f"of {result.epochs_run}"
+    )
+    out.print("next: flower-exp runs -e " + exp.name + "   |   flower-exp ui")
+
+
+@app.command("runs")
+def runs_command(
+    experiment: ExperimentOpt = None,
+    tracking_uri: TrackingOpt = None,
+    top: Annotated[int, typer.Option("--top", "-n", help="How many runs to show.")] = 20,
+) -> None:
+    """Table of an experiment's runs, best validation macro-F1 first."""
+    from .config import project_dir
+    from .runs import list_runs
+    from .tracking import default_target
+
+    exp = _experiment(experiment)
+    target = default_target(project_dir(Path(exp.config_path)), tracking_uri)
+    rows = list_runs(target, exp.name, top)
+    if not rows:
+        out.print(f"no runs yet in experiment {exp.name!r}; start one with: flower-exp train -e {exp.name}")
+        return
+    table = Table(title=f"runs of {exp.name} (best val_macro_f1 first)")
+    for column in rows[0]:
+        table.add_column(column, justify="right" if column not in ("run", "name", "state", "architecture") else "left")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
 # --------------------------------------------------------------------------- config
 
 

@@ -110,6 +110,58 @@ class ExperimentConfig(_Strict):
     cache_dir: str = Field("mlruns/cache", description="Where derived data (image hashes) is cached, relative to the config file.")
     seed: int = Field(42, description="Seed for shuffling, augmentation and initialisation.")
 
+    # --- one training run (what a sweep varies) ---
+    architecture: str = Field("cnn", description="Registered model name (flower-exp models lists them).")
+    weights: str = Field("none", description="none, imagenet, noisy-student (efficientnet_ns_*) or a local weights file of the headless network.")
+    epochs: PositiveInt = Field(12, description="Maximum epochs (EarlyStopping may stop sooner).")
+    early_stopping_patience: int = Field(
+        4, ge=0, description="Epochs without val_macro_f1 improvement before stopping (best weights restored); 0 disables."
+    )
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the softmax head.")
+    cnn_width: PositiveInt = Field(32, description="cnn only: filters of the first block (doubling per block, capped at x16).")
+    cnn_depth: PositiveInt = Field(4, description="cnn only: number of Conv2D/BatchNorm/Dropout blocks.")
+    cnn_dropout: float = Field(0.25, ge=0.0, lt=1.0, description="cnn only: dropout after each block.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
+    lr_min: float = Field(1e-4, gt=0, description="LR schedule: floor of the exponential decay (and default ramp start).")
+    lr_max: float = Field(8e-4, gt=0, description="LR schedule: peak, held for lr_sustain_epochs (x replicas unless lr_scale_by_replicas is off).")
+    lr_start: float | None = Field(None, gt=0, description="LR schedule: first ramp-up value (unset: lr_min).")
+    lr_rampup_epochs: int = Field(4, ge=0, description="LR schedule: epochs of linear ramp-up to lr_max.")
+    lr_sustain_epochs: int = Field(6, ge=0, description="LR schedule: epochs held at lr_max.")
+    lr_decay: float = Field(0.8, gt=0, le=1, description="LR schedule: per-epoch exponential decay factor after the sustain.")
+    lr_scale_by_replicas: bool = Field(True, description="Multiply lr_max by the number of replicas (TPU notebooks do).")
+    lr_random_rampup: bool = Field(False, description="The seed's variant: random()*lr_min during ramp-up (seeded).")
+    strategy: str = Field("auto", description="auto (TPU, else several GPUs, else default), tpu, mirrored, gpu or cpu.")
+    mixed_precision: str = Field("auto", description="auto (bfloat16 on TPU, float16 on GPU, off on CPU), off, float16, bfloat16.")
+    jit_compile: bool = Field(False, description="XLA-compile the train step.")
+    steps_per_execution: PositiveInt = Field(1, description="Batches per compiled call (raise on TPU, e.g. 16-32).")
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, value: str) -> str:
+        from .models import list_models
+
+        if value not in list_models():
+            raise ValueError(f"unknown architecture {value!r}; allowed: {', '.join(list_models())}")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from .strategy import STRATEGIES
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; allowed: {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from .strategy import PRECISIONS
+
+        if value not in PRECISIONS:
+            raise ValueError(f"unknown mixed_precision {value!r}; allowed: {', '.join(PRECISIONS)}")
+        return value
+
     @model_validator(mode="after")
     def _classes_once(self) -> ExperimentConfig:
         if self.classes is not None and self.classes_file is not None:

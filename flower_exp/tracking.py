@@ -1,0 +1,204 @@
+"""MLflow conventions (see DESIGN.md): where runs go, how they are named, tagged and closed.
+
+Default store ``sqlite:///<project>/mlruns/mlflow.db`` with artifacts under
+``<project>/mlruns/artifacts`` — set explicitly, because MLflow 3 refuses the old ``./mlruns``
+file store and would otherwise put ``mlflow.db`` wherever the command runs.
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` override it. One MLflow experiment per
+flower-exp experiment. Everything goes through an explicit ``MlflowClient`` and run ids, not
+the fluent "active run" state, so several runs in one process never mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FlowerExpError
+
+TAG_PREFIX = "flower_exp."
+TAG_STATE = TAG_PREFIX + "state"  # finished | failed | pruned | killed
+TAG_ERROR = TAG_PREFIX + "error"
+TAG_KIND = TAG_PREFIX + "kind"  # train | sweep | ensemble
+MAX_PARAM_LENGTH = 6000
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Where runs are written."""
+
+    uri: str
+    artifact_root: str | None  # None: let the server decide (remote tracking servers)
+
+
+def default_target(project_dir: str | os.PathLike, uri: str | None = None) -> TrackingTarget:
+    """The tracking store for a project: ``uri``, else ``$MLFLOW_TRACKING_URI``, else the
+    local sqlite store under ``<project_dir>/mlruns``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        local = uri.startswith("sqlite:") or uri.startswith("file:")
+        return TrackingTarget(uri, str(Path(project_dir, "mlruns", "artifacts").resolve()) if local else None)
+    root = Path(project_dir, "mlruns").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return TrackingTarget(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
+
+
+def redact(text: str) -> str:
+    """Hide the password in URLs such as ``postgresql://user:secret@host/db``."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
+
+
+class Tracker:
+    """Runs of one MLflow experiment."""
+
+    def __init__(self, target: TrackingTarget, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        _quiet_mlflow()
+
+        self.target = target
+        self.client = MlflowClient(tracking_uri=target.uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                self.experiment_id = found.experiment_id
+        except Exception as exc:
+            if isinstance(exc, FlowerExpError):
+                raise
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise FlowerExpError(f"MLflow tracking store {redact(target.uri)}: unavailable ({redact(first)})") from None
+        self.experiment = experiment
+
+    def start(self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str:
+        """Create a RUNNING run and return its id."""
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params (values stringified, credentials redacted, long values cut)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, redact(_param_value(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics at ``step`` (non-finite values are skipped)."""
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a run."""
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, redact(str(value))[:5000])
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+        """Upload a file or folder."""
+        if os.path.isdir(path):
+            self.client.log_artifacts(run_id, path, artifact_path)
+        else:
+            self.client.log_artifact(run_id, path, artifact_path)
+
+    def end(self, run_id: str, status: str) -> None:
+        """Close a run with MLflow status FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
+    @contextmanager
+    def run(
+        self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+    ) -> Iterator[str]:
+        """A run that is always closed: FINISHED, FAILED (error tagged) or KILLED on Ctrl-C.
+
+        The body may set ``flower_exp.state`` (e.g. ``pruned``) before returning normally.
+        """
+        run_id = self.start(run_name, tags, parent_run_id)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self._close_quietly(run_id, "KILLED", "killed", "interrupted (Ctrl-C)")
+            raise
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}".strip()
+            self._close_quietly(run_id, "FAILED", "failed", reason.splitlines()[0][:1000] if reason else "")
+            raise
+        else:
+            state = self.client.get_run(run_id).data.tags.get(TAG_STATE)
+            if state is None:
+                self.client.set_tag(run_id, TAG_STATE, "finished")
+            self.end(run_id, "FINISHED")
+
+    def _close_quietly(self, run_id: str, status: str, state: str, reason: str) -> None:
+        # The store may be what failed; closing must not hide the original error.
+        try:
+            self.client.set_tag(run_id, TAG_STATE, state)
+            if reason:
+                self.client.set_tag(run_id, TAG_ERROR, redact(reason))
+            self.end(run_id, status)
+        except Exception as exc:  # pragma: no cover - depends on a failing store
+            logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, exc)
+
+
+def git_commit(path: str | os.PathLike) -> str | None:
+    """The git commit of ``path``'s checkout (``+dirty`` when modified), if it is one."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("flower-exp", "tensorflow", "tensorflow-cpu", "keras", "mlflow", "optuna", "efficientnet", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _quiet_mlflow() -> None:
+    # After importing mlflow: its import configures the "mlflow" logger at INFO.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)

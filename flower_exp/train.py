@@ -1,0 +1,485 @@
+"""One tracked training run, read top to bottom: setup → data → model → train → evaluate → log.
+
+:func:`run` trains one configuration and records it in MLflow (params, per-epoch metrics,
+summary metrics, artifacts); the sweep calls it once per trial with a pruning hook.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import math
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .config import ExperimentConfig, ResolvedExperiment, project_dir
+from .errors import FlowerExpError
+from .schedule import LRSchedule, plot_schedule
+from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, default_target, git_commit, package_versions
+
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "epoch_time_s",
+    "images_per_s",
+)
+# Settings that are not hyperparameters of the run (logged elsewhere or meaningless as params).
+_NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir"}
+
+
+class Pruned(Exception):
+    """Raised by a pruning hook to stop a run early (the sweep maps it to Optuna's)."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__(f"pruned at epoch {epoch} (val_macro_f1 {value:.4f})")
+        self.epoch = epoch
+        self.value = value
+
+
+class NonFiniteLoss(FlowerExpError):
+    """The training loss became NaN or infinite."""
+
+
+PruningHook = Callable[[int, float], None]
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    run_id: str | None
+    state: str  # finished | pruned
+    best_val_macro_f1: float
+    best_epoch: int  # 1-based
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_ids: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    val_probs: np.ndarray | None = None
+
+
+def schedule_for(cfg: ExperimentConfig) -> LRSchedule:
+    """The LR schedule of a configuration."""
+    return LRSchedule(
+        lr_min=cfg.lr_min,
+        lr_max=cfg.lr_max,
+        lr_start=cfg.lr_start,
+        rampup_epochs=cfg.lr_rampup_epochs,
+        sustain_epochs=cfg.lr_sustain_epochs,
+        decay=cfg.lr_decay,
+        scale_by_replicas=cfg.lr_scale_by_replicas,
+        random_rampup=cfg.lr_random_rampup,
+        seed=cfg.seed,
+    )
+
+
+def run(
+    exp: ResolvedExperiment,
+    *,
+    tracker: Tracker | None = None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    pruning_hook: PruningHook | None = None,
+    allow_leakage: bool = False,
+    progress: Callable[[str], None] | None = print,
+) -> RunResult:
+    """Train ``exp`` once and log it to MLflow (``tracker``, else the project's default store).
+
+    The run ends FINISHED (``flower_exp.state`` finished or pruned), FAILED with the error
+    as a tag (e.g. a NaN loss), or KILLED on Ctrl-C; a failed run never logs a model.
+    """
+    from .data import pipeline
+    from .data.dataset import open_data
+    from .data.leakage import ensure_no_leakage
+
+    cfg = exp.config
+    say = progress or (lambda _m: None)
+    # Data problems are the user's to fix: find them before a run exists to mark FAILED.
+    data = open_data(exp, log=say)
+    extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
+    train_files = pipeline.split_files(data.root, "train", cfg.image_size, extra)
+    val_files = pipeline.split_files(data.root, "val", cfg.image_size)
+    if data.extra:
+        ensure_no_leakage(
+            data.root,
+            size=cfg.image_size,
+            extra=data.extra,
+            max_distance=cfg.leakage.max_distance,
+            cache_dir=exp.cache_dir,
+            allow=allow_leakage,
+        )
+    if tracker is None:
+        tracker = Tracker(default_target(project_dir(Path(exp.config_path)), tracking_uri), cfg.name)
+    name = run_name or f"{cfg.architecture}-{cfg.image_size}px"
+    run_tags = {TAG_KIND: "train", TAG_PREFIX + "architecture": cfg.architecture, **(tags or {})}
+    with tracker.run(name, run_tags, parent_run_id) as run_id:
+        return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say)
+
+
+def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say) -> RunResult:
+    from ._imports import tensorflow
+    from .data import pipeline
+    from .data.leakage import data_fingerprint
+    from .models import create_model, normalization_for
+    from .strategy import detect, precision_policy
+
+    tf = tensorflow()
+    import keras
+
+    cfg = exp.config
+
+    # --- setup
+    keras.utils.set_random_seed(cfg.seed)
+    acc = detect(cfg.strategy, cfg.mixed_precision)
+    global_batch = acc.global_batch(cfg.batch_size_per_replica)
+    schedule = schedule_for(cfg)
+    say(f"accelerator: {acc.description}, {acc.replicas} replica(s), global batch {global_batch}, precision {acc.precision}")
+
+    # --- data
+    num_classes = len(data.class_names)
+    extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
+    steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
+    normalization = normalization_for(cfg.architecture)
+    train_ds = pipeline.make_dataset(
+        data.root,
+        "train",
+        image_size=cfg.image_size,
+        batch_size=global_batch,
+        normalization=normalization,
+        augment_cfg=cfg.augment,
+        extra=extra,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        drop_remainder=acc.drop_remainder,
+        num_classes=num_classes,
+    )
+    val_ds = pipeline.make_dataset(
+        data.root,
+        "val",
+        image_size=cfg.image_size,
+        batch_size=global_batch,
+        normalization=normalization,
+        with_ids=True,
+        num_classes=num_classes,
+    )
+    val_ids, val_labels = _ids_and_labels(val_ds)
+    val_images = val_ds.map(lambda image, label, record_id: image)
+
+    tracker.log_params(
+        run_id,
+        {
+            **_hyperparameters(cfg),
+            "num_classes": num_classes,
+            "train_images": train_files.count,
+            "val_images": val_files.count,
+            "stored_image_size": train_files.stored_size,
+            "normalization": normalization,
+            "accelerator": acc.kind,
+            "replicas": acc.replicas,
+            "global_batch_size": global_batch,
+            "precision": acc.precision,
+            "steps_per_epoch": steps,
+            "data_dir": data.root,
+            "data_fingerprint": data_fingerprint(data.root, cfg.image_size, [root for root, _ in data.extra]),
+            "git_commit": git_commit(Path(exp.config_path).parent) or "none",
+            **{f"version.{k}": v for k, v in package_versions().items()},
+        },
+    )
+
+    # --- model
+    with precision_policy(acc.precision), acc.strategy.scope():
+        model = create_model(
+            cfg.architecture,
+            num_classes=num_classes,
+            image_size=cfg.image_size,
+            weights=cfg.weights,
+            dropout=cfg.dropout,
+            cnn_width=cfg.cnn_width,
+            cnn_depth=cfg.cnn_depth,
+            cnn_dropout=cfg.cnn_dropout,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=cfg.jit_compile,
+            steps_per_execution=cfg.steps_per_execution,
+        )
+
+    # --- train
+    timer = _EpochTimer(steps * global_batch)
+    validation = _Validation(val_images, val_labels, num_classes, cfg.early_stopping_patience)
+    logger = _Logger(tracker, run_id, schedule, acc.replicas, cfg.epochs, say, pruning_hook)
+    callbacks = [
+        timer,  # first: its epoch time excludes the validation pass below
+        _StopOnNonFinite(),
+        keras.callbacks.LearningRateScheduler(lambda epoch, _lr: schedule.lr(epoch, acc.replicas)),
+        validation,  # adds val_loss / val_accuracy / val_macro_f1 for the callbacks after it
+        logger,
+    ]
+    pruned: Pruned | None = None
+    try:
+        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+    except Pruned as exc:
+        pruned = exc
+    validation.restore_best(model)
+
+    # --- evaluate and log
+    best_epoch = validation.best_epoch
+    summary = {
+        "best_val_macro_f1": validation.best_f1,
+        "best_epoch": best_epoch,
+        "epochs_run": len(logger.history),
+        "first_epoch_time_s": timer.times[0] if timer.times else None,
+        "mean_epoch_time_s": float(np.mean(timer.times[1:])) if len(timer.times) > 1 else None,
+        "peak_memory_mb": _peak_memory_mb(tf),
+    }
+    if pruned is not None:
+        summary["pruned_at_epoch"] = pruned.epoch
+    tracker.log_metrics(run_id, summary)
+    with tempfile.TemporaryDirectory(prefix="flower-exp-run-") as tmp:
+        _write_artifacts(
+            Path(tmp), model, exp, schedule, acc.replicas, logger.history, val_ids, val_labels, validation.best_probs, data.class_names
+        )
+        tracker.log_artifact(run_id, tmp)
+    state = "pruned" if pruned is not None else "finished"
+    tracker.set_tags(run_id, {TAG_STATE: state})
+    say(f"best val_macro_f1 {validation.best_f1:.4f} at epoch {best_epoch} ({state}); MLflow run {run_id}")
+    result = RunResult(
+        run_id=run_id,
+        state=state,
+        best_val_macro_f1=validation.best_f1,
+        best_epoch=best_epoch,
+        epochs_run=len(logger.history),
+        history=logger.history,
+        val_ids=val_ids,
+        val_labels=val_labels,
+        val_probs=validation.best_probs,
+    )
+    # Free the graph and datasets: a sweep worker runs many trials in one process.
+    del model, train_ds, val_ds, val_images, callbacks, validation
+    keras.backend.clear_session()
+    gc.collect()
+    return result
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _callback_base():
+    from ._imports import tensorflow
+
+    tensorflow()  # configures TensorFlow logging before Keras imports it
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class _EpochTimer(_callback_base()):
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self._start
+        self.times.append(elapsed)
+        if logs is not None:
+            logs["epoch_time_s"] = elapsed
+            logs["images_per_s"] = self.images_per_epoch / elapsed if elapsed > 0 else 0.0
+
+
+class _StopOnNonFinite(_callback_base()):
+    """Fail the run the moment the loss is NaN/inf (TerminateOnNaN would end it quietly)."""
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLoss(
+                f"training loss became {float(loss)} at epoch {self._epoch + 1}, batch {batch + 1}; "
+                "lower lr_max or check the data"
+            )
+
+
+class _Validation(_callback_base()):
+    """Full-validation-set loss, accuracy and macro-F1 (the competition metric) each epoch,
+    with the best epoch's weights and probabilities kept in memory (one model, not one
+    checkpoint per epoch) and early stopping on macro-F1."""
+
+    def __init__(self, images, labels: np.ndarray, num_classes: int, patience: int):
+        super().__init__()
+        self.images = images
+        self.labels = labels
+        self.num_classes = num_classes
+        self.patience = patience
+        self.best_f1 = -1.0
+        self.best_epoch = 0
+        self.best_probs: np.ndarray | None = None
+        self._best_weights = None
+        self._wait = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.metrics import f1_score
+
+        probs = self.model.predict(self.images, verbose=0).astype(np.float64)
+        if not np.all(np.isfinite(probs)):
+            raise NonFiniteLoss(f"validation probabilities became NaN/inf at epoch {epoch + 1}; lower lr_max")
+        predicted = probs.argmax(axis=1)
+        picked = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
+        f1 = float(f1_score(self.labels, predicted, average="macro", labels=np.arange(self.num_classes), zero_division=0))
+        logs.update(
+            val_loss=float(-np.log(picked).mean()),
+            val_accuracy=float((predicted == self.labels).mean()),
+            val_macro_f1=f1,
+        )
+        if f1 > self.best_f1:
+            self.best_f1, self.best_epoch, self.best_probs = f1, epoch + 1, probs.astype(np.float32)
+            self._best_weights = self.model.get_weights()
+            self._wait = 0
+        else:
+            self._wait += 1
+            if self.patience and self._wait >= self.patience:
+                self.model.stop_training = True
+
+    def restore_best(self, model) -> None:
+        if self._best_weights is not None:
+            model.set_weights(self._best_weights)
+
+
+class _Logger(_callback_base()):
+    """Per-epoch metrics to MLflow (step = 1-based epoch), a progress line, the pruning hook."""
+
+    def __init__(self, tracker, run_id, schedule, replicas, epochs, say, pruning_hook):
+        super().__init__()
+        self.tracker, self.run_id = tracker, run_id
+        self.schedule, self.replicas, self.epochs = schedule, replicas, epochs
+        self.say, self.pruning_hook = say, pruning_hook
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(logs.get("loss", float("nan"))),
+            "train_accuracy": float(logs.get("accuracy", float("nan"))),
+            "val_loss": logs["val_loss"],
+            "val_accuracy": logs["val_accuracy"],
+            "val_macro_f1": logs["val_macro_f1"],
+            "lr": self.schedule.lr(epoch, self.replicas),
+            "epoch_time_s": logs["epoch_time_s"],
+            "images_per_s": logs["images_per_s"],
+        }
+        self.history.append(row)
+        self.tracker.log_metrics(self.run_id, {k: row[k] for k in EPOCH_METRICS}, step=epoch + 1)
+        self.say(
+            f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.3f}  "
+            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  val_macro_f1 {row['val_macro_f1']:.4f}  "
+            f"lr {row['lr']:.2e}  {row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"
+        )
+        if self.pruning_hook is not None:
+            self.pruning_hook(epoch + 1, row["val_macro_f1"])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hyperparameters(cfg: ExperimentConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in cfg.model_dump(mode="json").items():
+        if key in _NOT_PARAMS:
+            continue
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _ids_and_labels(val_ds) -> tuple[np.ndarray, np.ndarray]:
+    ids, labels = [], []
+    for _images, batch_labels, batch_ids in val_ds.as_numpy_iterator():
+        labels.append(batch_labels)
+        ids.append(batch_ids)
+    return np.concatenate(ids).astype(str), np.concatenate(labels).astype(np.int64)
+
+
+def _peak_memory_mb(tf) -> float:
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        try:
+            return tf.config.experimental.get_memory_info(gpus[0].name.replace("/device:", ""))["peak"] / 2**20
+        except (ValueError, tf.errors.OpError):
+            pass
+    # ru_maxrss is in KiB on Linux: the host process' high-water mark.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _write_artifacts(
+    folder: Path, model, exp, schedule, replicas, history, val_ids, val_labels, val_probs, class_names
+) -> None:
+    model_dir = folder / "model"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    np.savez_compressed(folder / "val_probs.npz", ids=val_ids, labels=val_labels, probs=val_probs)
+    with open(folder / "history.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", *EPOCH_METRICS])
+        writer.writeheader()
+        writer.writerows(history)
+    plot_schedule(schedule, exp.config.epochs, str(folder / "lr_schedule.png"), replicas)
+    _plot_confusion(val_labels, val_probs.argmax(axis=1), class_names, folder / "confusion_matrix.png")
+    resolved = exp.config.model_dump(mode="json")
+    resolved.update(data_dir=exp.data_dir, classes=class_names)
+    (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+
+
+def _plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    n = len(class_names)
+    matrix = confusion_matrix(labels, predicted, labels=np.arange(n))
+    side = min(40, 3 + n * 0.25)
+    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=max(4, 10 - n // 15))
+    ax.set_yticks(range(n), class_names, fontsize=max(4, 10 - n // 15))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_title("validation confusion matrix (best epoch)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
