@@ -288,7 +288,10 @@ def data_import_folder(
     """Convert class-per-subfolder images into the competition TFRecord layout."""
     from .data.importer import import_folder
 
-    with err.status("importing images..."):
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("importing images", total=None)
         report = import_folder(
             str(src),
             str(out_dir),
@@ -299,6 +302,7 @@ def data_import_folder(
             shards=shards,
             max_pixels=max_pixels,
             force=force,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     for item in report.skipped:
         err.print(f"[yellow]skipped[/yellow] {item}")

@@ -117,10 +117,23 @@ class ExperimentConfig(_Strict):
     early_stopping_patience: int = Field(
         4, ge=0, description="Epochs without val_macro_f1 improvement before stopping (best weights restored); 0 disables."
     )
+    early_stopping_start_epoch: int | None = Field(
+        None,
+        ge=0,
+        description="Epochs before early stopping may act (unset: lr_rampup_epochs + lr_sustain_epochs, "
+        "since scores taken at peak learning rate say little).",
+    )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the softmax head.")
     cnn_width: PositiveInt = Field(32, description="cnn only: filters of the first block (doubling per block, capped at x16).")
     cnn_depth: PositiveInt = Field(4, description="cnn only: number of Conv2D/BatchNorm/Dropout blocks.")
     cnn_dropout: float = Field(0.25, ge=0.0, lt=1.0, description="cnn only: dropout after each block.")
+    cnn_bn_momentum: float = Field(
+        0.9,
+        gt=0.0,
+        lt=1.0,
+        description="cnn only: BatchNormalization moving-average momentum (PyTorch's 0.9 settles the "
+        "inference statistics in far fewer steps than Keras' 0.99).",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
     lr_min: float = Field(1e-4, gt=0, description="LR schedule: floor of the exponential decay (and default ramp start).")
     lr_max: float = Field(8e-4, gt=0, description="LR schedule: peak, held for lr_sustain_epochs (x replicas unless lr_scale_by_replicas is off).")

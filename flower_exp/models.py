@@ -73,6 +73,7 @@ def create_model(
     cnn_width: int = 32,
     cnn_depth: int = 4,
     cnn_dropout: float = 0.25,
+    cnn_bn_momentum: float = 0.9,
 ) -> Any:
     """Build ``name`` with a GAP → dropout → softmax head over ``num_classes``.
 
@@ -85,7 +86,9 @@ def create_model(
     weights = _check_weights(spec, weights)
     input_shape = (image_size, image_size, 3)
     if spec.family == "cnn":
-        base = spec.build_base(input_shape, None, width=cnn_width, depth=cnn_depth, dropout=cnn_dropout)
+        base = spec.build_base(
+            input_shape, None, width=cnn_width, depth=cnn_depth, dropout=cnn_dropout, bn_momentum=cnn_bn_momentum
+        )
     else:
         base = _download_guard(spec, weights, lambda: spec.build_base(input_shape, _download_name(weights)))
     if weights not in WEIGHTS:
@@ -123,7 +126,7 @@ def load_model(path: str) -> Any:
 
 
 @register_model("cnn", "cnn", "unit")
-def _cnn(input_shape, weights, *, width: int = 32, depth: int = 4, dropout: float = 0.25):
+def _cnn(input_shape, weights, *, width: int = 32, depth: int = 4, dropout: float = 0.25, bn_momentum: float = 0.9):
     """The seed's vanilla network: Conv2D/BatchNorm/Dropout blocks, widening as they shrink."""
     keras = _keras()
     if width < 1 or depth < 1:
@@ -133,10 +136,10 @@ def _cnn(input_shape, weights, *, width: int = 32, depth: int = 4, dropout: floa
     for block in range(depth):
         filters = width * 2 ** min(block, 4)
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.Activation("relu")(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum)(x)
         x = keras.layers.Activation("relu")(x)
         if x.shape[1] > 2:
             x = keras.layers.MaxPooling2D()(x)

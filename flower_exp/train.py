@@ -211,6 +211,7 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
             cnn_width=cfg.cnn_width,
             cnn_depth=cfg.cnn_depth,
             cnn_dropout=cfg.cnn_dropout,
+            cnn_bn_momentum=cfg.cnn_bn_momentum,
         )
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
@@ -222,7 +223,9 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
 
     # --- train
     timer = _EpochTimer(steps * global_batch)
-    validation = _Validation(val_images, val_labels, num_classes, cfg.early_stopping_patience)
+    start = cfg.early_stopping_start_epoch
+    start = cfg.lr_rampup_epochs + cfg.lr_sustain_epochs if start is None else start
+    validation = _Validation(val_images, val_labels, num_classes, cfg.early_stopping_patience, start)
     logger = _Logger(tracker, run_id, schedule, acc.replicas, cfg.epochs, say, pruning_hook)
     callbacks = [
         timer,  # first: its epoch time excludes the validation pass below
@@ -331,8 +334,9 @@ class _Validation(_callback_base()):
     with the best epoch's weights and probabilities kept in memory (one model, not one
     checkpoint per epoch) and early stopping on macro-F1."""
 
-    def __init__(self, images, labels: np.ndarray, num_classes: int, patience: int):
+    def __init__(self, images, labels: np.ndarray, num_classes: int, patience: int, start_epoch: int):
         super().__init__()
+        self.start_epoch = start_epoch
         self.images = images
         self.labels = labels
         self.num_classes = num_classes
@@ -363,7 +367,7 @@ class _Validation(_callback_base()):
             self._wait = 0
         else:
             self._wait += 1
-            if self.patience and self._wait >= self.patience:
+            if self.patience and self._wait >= self.patience and epoch + 1 > self.start_epoch:
                 self.model.stop_training = True
 
     def restore_best(self, model) -> None:

@@ -259,4 +259,6 @@ def write_text(path: str, text: str) -> None:
 
 def _short(exc: Exception) -> str:
     message = getattr(exc, "message", None) or str(exc)
-    return message.strip().splitlines()[0][:200] if message else type(exc).__name__
+    # TensorFlow prefixes iterator errors with "{{function_node __wrapped__...}}".
+    message = re.sub(r"^\{\{[^}]*\}\}\s*", "", message.strip())
+    return message.splitlines()[0][:200] if message else type(exc).__name__
