@@ -100,7 +100,7 @@ def train_command(
     allow_leakage: Annotated[
         bool, typer.Option("--allow-leakage", help="Train even if an extra_data source contains val/test images.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log lines only, no progress bar.")] = False,
     cpu_replicas: Annotated[
         int, typer.Option("--cpu-replicas", help="Split the CPU into N logical devices (to try strategy=mirrored without GPUs).")
     ] = 1,
@@ -113,13 +113,23 @@ def train_command(
         split_cpu(cpu_replicas)
     from .train import run
 
-    result = run(
-        exp,
-        tracking_uri=tracking_uri,
-        run_name=run_name,
-        allow_leakage=allow_leakage,
-        progress=None if quiet else (lambda message: err.print(escape(message))),
-    )
+    bars = []
+    if not quiet and err.is_terminal:
+        from .progress import epoch_bar
+
+        bars.append(epoch_bar(err))
+    try:
+        result = run(
+            exp,
+            tracking_uri=tracking_uri,
+            run_name=run_name,
+            allow_leakage=allow_leakage,
+            progress=lambda message: err.print(escape(message)),
+            callbacks=bars,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
     out.print(
         f"run {result.run_id}: best val_macro_f1 {result.best_val_macro_f1:.4f} at epoch {result.best_epoch} "
         f"of {result.epochs_run}"
@@ -150,6 +160,33 @@ def runs_command(
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     out.print(table)
+
+
+@app.command("ui")
+def ui_command(
+    tracking_uri: TrackingOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your runs to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Open the MLflow UI on this project's runs (http://127.0.0.1:5000 by default)."""
+    import os
+    import shutil
+    import subprocess
+
+    from .config import find_config, project_dir
+    from .tracking import default_target, redact
+
+    target = default_target(project_dir(find_config(state.config)), tracking_uri)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/yellow] binding to {escape(host)}: anyone who can reach this machine can read and change your runs")
+    mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if mlflow_bin is None:
+        raise FlowerExpError("the mlflow command is not installed; pip install mlflow")
+    command = [mlflow_bin, "ui", "--backend-store-uri", target.uri, "--host", host, "--port", str(port)]
+    if target.artifact_root:
+        command += ["--default-artifact-root", Path(target.artifact_root).as_uri()]
+    err.print(f"MLflow UI for {escape(redact(target.uri))} on http://{host}:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(command))
 
 
 # --------------------------------------------------------------------------- config

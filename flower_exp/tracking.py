@@ -63,8 +63,9 @@ class Tracker:
         _quiet_mlflow()
 
         self.target = target
-        self.client = MlflowClient(tracking_uri=target.uri)
+        _check_local_store(target.uri)
         try:
+            self.client = MlflowClient(tracking_uri=target.uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
@@ -189,6 +190,21 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return out
+
+
+def _check_local_store(uri: str) -> None:
+    """Fail fast on a local sqlite store that cannot work (MLflow retries for ~2 minutes)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    if path.is_dir():
+        raise FlowerExpError(f"MLflow tracking store {uri}: {path} is a directory, expected a database file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowerExpError(f"MLflow tracking store {uri}: cannot create {path.parent} ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise FlowerExpError(f"MLflow tracking store {uri}: {path} is not writable")
 
 
 def _param_value(value: Any) -> str:

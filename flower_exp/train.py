@@ -96,6 +96,7 @@ def run(
     pruning_hook: PruningHook | None = None,
     allow_leakage: bool = False,
     progress: Callable[[str], None] | None = print,
+    callbacks: list[Any] | None = None,
 ) -> RunResult:
     """Train ``exp`` once and log it to MLflow (``tracker``, else the project's default store).
 
@@ -127,10 +128,10 @@ def run(
     name = run_name or f"{cfg.architecture}-{cfg.image_size}px"
     run_tags = {TAG_KIND: "train", TAG_PREFIX + "architecture": cfg.architecture, **(tags or {})}
     with tracker.run(name, run_tags, parent_run_id) as run_id:
-        return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say)
+        return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 
-def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say) -> RunResult:
+def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks) -> RunResult:
     from ._imports import tensorflow
     from .data import pipeline
     from .data.leakage import data_fingerprint
@@ -233,6 +234,7 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         keras.callbacks.LearningRateScheduler(lambda epoch, _lr: schedule.lr(epoch, acc.replicas)),
         validation,  # adds val_loss / val_accuracy / val_macro_f1 for the callbacks after it
         logger,
+        *extra_callbacks,
     ]
     pruned: Pruned | None = None
     try:
@@ -283,7 +285,8 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
 # --------------------------------------------------------------------------- callbacks
 
 
-def _callback_base():
+def callback_base():
+    """``keras.callbacks.Callback``, imported lazily (TensorFlow configured first)."""
     from ._imports import tensorflow
 
     tensorflow()  # configures TensorFlow logging before Keras imports it
@@ -292,7 +295,7 @@ def _callback_base():
     return keras.callbacks.Callback
 
 
-class _EpochTimer(_callback_base()):
+class _EpochTimer(callback_base()):
     def __init__(self, images_per_epoch: int):
         super().__init__()
         self.images_per_epoch = images_per_epoch
@@ -310,7 +313,7 @@ class _EpochTimer(_callback_base()):
             logs["images_per_s"] = self.images_per_epoch / elapsed if elapsed > 0 else 0.0
 
 
-class _StopOnNonFinite(_callback_base()):
+class _StopOnNonFinite(callback_base()):
     """Fail the run the moment the loss is NaN/inf (TerminateOnNaN would end it quietly)."""
 
     def __init__(self):
@@ -329,7 +332,7 @@ class _StopOnNonFinite(_callback_base()):
             )
 
 
-class _Validation(_callback_base()):
+class _Validation(callback_base()):
     """Full-validation-set loss, accuracy and macro-F1 (the competition metric) each epoch,
     with the best epoch's weights and probabilities kept in memory (one model, not one
     checkpoint per epoch) and early stopping on macro-F1."""
@@ -375,7 +378,7 @@ class _Validation(_callback_base()):
             model.set_weights(self._best_weights)
 
 
-class _Logger(_callback_base()):
+class _Logger(callback_base()):
     """Per-epoch metrics to MLflow (step = 1-based epoch), a progress line, the pruning hook."""
 
     def __init__(self, tracker, run_id, schedule, replicas, epochs, say, pruning_hook):

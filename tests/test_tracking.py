@@ -1,0 +1,49 @@
+"""MLflow conventions: store location, overrides, credential redaction, run states."""
+
+from __future__ import annotations
+
+import pytest
+
+from flower_exp.errors import FlowerExpError
+from flower_exp.tracking import TAG_ERROR, TAG_STATE, Tracker, TrackingTarget, default_target, redact
+
+
+def test_default_store_is_under_project_mlruns(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    target = default_target(tmp_path)
+    assert target.uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert target.artifact_root == str(tmp_path / "mlruns" / "artifacts")
+
+
+def test_env_and_flag_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert default_target(tmp_path).uri == "http://127.0.0.1:5999"
+    assert default_target(tmp_path).artifact_root is None  # the server decides
+    assert default_target(tmp_path, "sqlite:////x/y.db").uri == "sqlite:////x/y.db"
+
+
+def test_redact_hides_passwords():
+    assert redact("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert redact("sqlite:///mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"
+
+
+def test_params_are_redacted_and_failed_runs_tagged(tmp_path):
+    tracker = Tracker(TrackingTarget(f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "a")), "exp")
+    with pytest.raises(RuntimeError):
+        with tracker.run("r") as run_id:
+            tracker.log_params(run_id, {"storage": "postgresql://bob:s3cret@db/optuna", "lr": 1e-4})
+            raise RuntimeError("boom")
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.params["storage"] == "postgresql://bob:***@db/optuna"
+    assert run.data.params["lr"] == "0.0001"
+    assert run.data.tags[TAG_STATE] == "failed" and "RuntimeError: boom" in run.data.tags[TAG_ERROR]
+    # Reopening the same store finds the experiment instead of creating another.
+    assert Tracker(tracker.target, "exp").experiment_id == tracker.experiment_id
+
+
+def test_unreachable_store_is_a_user_error(tmp_path):
+    (tmp_path / "a-directory.db").mkdir()
+    target = TrackingTarget(f"sqlite:///{tmp_path / 'a-directory.db'}", None)
+    with pytest.raises(FlowerExpError, match="MLflow tracking store .* is a directory"):
+        Tracker(target, "exp")
