@@ -6,3 +6,23 @@ try:
     __version__ = version("flower-exp")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+source"
+
+
+def sweep(**kwargs):
+    """Run or resume a sweep from Python (a notebook cell): the keyword arguments mirror
+    ``flower-exp sweep`` (experiment, sweep, trials, timeout_min, workers, study_name, storage,
+    tracking_uri, new, force, seed, config, quiet). Returns a ``SweepResult``."""
+    from .study import run_sweep
+
+    return run_sweep(**kwargs)
+
+
+def train(experiment: str | None = None, *, set: list[str] | None = None, config: str | None = None, **kwargs):
+    """Train one model from Python; ``set`` takes ``key=value`` overrides like ``--set``."""
+    from .config import load_experiment
+    from .train import run
+
+    return run(load_experiment(experiment, config, set or []), **kwargs)
+
+
+__all__ = ["__version__", "sweep", "train"]

@@ -162,6 +162,88 @@ def runs_command(
     out.print(table)
 
 
+@app.command("sweep")
+def sweep_command(
+    experiment: ExperimentOpt = None,
+    sweep: Annotated[
+        Optional[str], typer.Option("--sweep", "-s", help="Sweep name in sweeps/ (e.g. demo, petals-seed) or a YAML path.")
+    ] = None,
+    trials: Annotated[Optional[int], typer.Option(help="Total trials (finished + pruned) the study should reach.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Minutes after which no new trial starts.")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes sharing the study.")] = 1,
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: EXPERIMENT-SWEEP).")] = None,
+    storage: Annotated[
+        Optional[str], typer.Option(help="Optuna storage: journal file path or postgresql:// / mysql:// / sqlite:/// URL.")
+    ] = None,
+    tracking_uri: TrackingOpt = None,
+    new: Annotated[bool, typer.Option("--new/--resume", help="Start a new study instead of resuming (refuses to replace one without --force).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="With --new: delete an existing study of that name first.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: the sweep file's).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per trial instead of per epoch.")] = False,
+) -> None:
+    """Run (or resume) an Optuna sweep; every trial is an MLflow child run of one parent run."""
+    from .study import run_sweep
+
+    result = run_sweep(
+        experiment=experiment,
+        sweep=sweep,
+        trials=trials,
+        timeout_min=timeout,
+        workers=workers,
+        study_name=study,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        new=new,
+        force=force,
+        seed=seed,
+        config=state.config,
+        quiet=quiet,
+        log=lambda message: err.print(escape(message)),
+    )
+    counts = result.counts
+    out.print(
+        f"study {result.study_name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
+    )
+    if result.best:
+        table = Table(title="best trials (val_macro_f1)")
+        for column in ("trial", "val_macro_f1", "best epoch", "params"):
+            table.add_column(column)
+        table.add_column("MLflow run", no_wrap=True, min_width=32)
+        for row in result.best:
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items())
+            table.add_row(str(row["number"]), f"{row['value']:.4f}", str(row["best_epoch"] or ""), params, row["run_id"])
+        out.print(table)
+    out.print(f"MLflow parent run: {result.parent_run_id}")
+    out.print("next:")
+    out.print("  flower-exp ui                                    # compare the runs side by side")
+    out.print(f"  flower-exp status -e {result.experiment} --study {result.study_name}")
+    out.print(f"  flower-exp best -e {result.experiment} --study {result.study_name} --export exports/{result.study_name}")
+
+
+@app.command("status")
+def status_command(
+    experiment: ExperimentOpt = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", "-s", help="Sweep name or file (names the study).")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name (default: EXPERIMENT-SWEEP).")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default: the project's journal file).")] = None,
+) -> None:
+    """Summarise a study: trials by state, best value and params, MLflow runs (no TensorFlow)."""
+    from .study import study_status
+
+    info = study_status(experiment=experiment, sweep=sweep, study_name=study, storage=storage, config=state.config)
+    counts = ", ".join(f"{v} {k}" for k, v in info["counts"].items() if k != "finished")
+    out.print(f"study {info['study']} ({info['storage']}): {counts}")
+    best = info["best"]
+    if best:
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
+        out.print(f"best: trial {best['number']} val_macro_f1 {best['value']:.4f} ({params}); MLflow run {best['run_id']}")
+    out.print(f"MLflow parent run: {info['parent_run_id']}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 @app.command("ui")
 def ui_command(
     tracking_uri: TrackingOpt = None,
@@ -171,7 +253,6 @@ def ui_command(
     """Open the MLflow UI on this project's runs (http://127.0.0.1:5000 by default)."""
     import os
     import shutil
-    import subprocess
 
     from .config import find_config, project_dir
     from .tracking import default_target, redact
@@ -186,7 +267,12 @@ def ui_command(
     if target.artifact_root:
         command += ["--default-artifact-root", Path(target.artifact_root).as_uri()]
     err.print(f"MLflow UI for {escape(redact(target.uri))} on http://{host}:{port} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(command))
+    # The UI needs no job runner (MLflow 3 starts ~8 extra processes, ~2 GB, for it).
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the server, so signals (Ctrl-C, kill) reach it directly and nothing is orphaned.
+    os.execve(mlflow_bin, command, env)
 
 
 # --------------------------------------------------------------------------- config

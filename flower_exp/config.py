@@ -112,7 +112,11 @@ class ExperimentConfig(_Strict):
 
     # --- one training run (what a sweep varies) ---
     architecture: str = Field("cnn", description="Registered model name (flower-exp models lists them).")
-    weights: str = Field("none", description="none, imagenet, noisy-student (efficientnet_ns_*) or a local weights file of the headless network.")
+    weights: str = Field(
+        "none",
+        description="none, imagenet, noisy-student (efficientnet_ns_*), pretrained (the architecture's best published "
+        "weights; none for cnn) or a local weights file of the headless network.",
+    )
     epochs: PositiveInt = Field(12, description="Maximum epochs (EarlyStopping may stop sooner).")
     early_stopping_patience: int = Field(
         4, ge=0, description="Epochs without val_macro_f1 improvement before stopping (best weights restored); 0 disables."
@@ -206,6 +210,213 @@ class ResolvedExperiment(BaseModel):
     @property
     def name(self) -> str:
         return self.config.name
+
+
+# --------------------------------------------------------------------------- sweeps
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("hyperband", "median", "none")
+
+
+class SamplerConfig(_Strict):
+    """Optuna sampler."""
+
+    name: str = Field("tpe", description="tpe (default), random or grid (grid: every param needs choices).")
+    seed: int | None = Field(42, description="Sampler seed (reproducible suggestions).")
+    multivariate: bool = Field(True, description="tpe: model parameters jointly.")
+    group: bool = Field(True, description="tpe: handle conditional parameters as groups.")
+    n_startup_trials: int = Field(5, ge=0, description="tpe: random trials before the model kicks in.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
+        return value
+
+
+class PrunerConfig(_Strict):
+    """Optuna pruner, fed val_macro_f1 after every epoch."""
+
+    name: str = Field("hyperband", description="hyperband (default), median or none.")
+    min_resource: int = Field(
+        3,
+        ge=1,
+        description="hyperband: epochs before a trial can be pruned. Scores of from-scratch CNNs stay near "
+        "chance for many epochs on real photos: keep this past the LR warm-up.",
+    )
+    max_resource: int | None = Field(None, ge=1, description="hyperband: epochs of a full trial (unset: the trial's epochs).")
+    reduction_factor: int = Field(3, ge=2, description="hyperband: 1/reduction_factor of trials survive each rung.")
+    n_startup_trials: int = Field(3, ge=0, description="median: trials that are never pruned.")
+    n_warmup_steps: int = Field(3, ge=0, description="median: epochs before a trial can be pruned.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in PRUNERS:
+            raise ValueError(f"unknown pruner {value!r}; allowed: {', '.join(PRUNERS)}")
+        return value
+
+
+class HeartbeatConfig(_Strict):
+    """Dead-worker detection: a RUNNING trial without a heartbeat for grace_s is failed and retried."""
+
+    interval_s: int = Field(30, ge=1, description="Seconds between heartbeats of a running trial.")
+    grace_s: int = Field(120, ge=2, description="Seconds without heartbeat after which a trial counts as dead.")
+    max_retry: int = Field(2, ge=0, description="Retries of a trial whose worker died.")
+
+    @model_validator(mode="after")
+    def _grace_longer(self) -> HeartbeatConfig:
+        if self.grace_s <= self.interval_s:
+            raise ValueError("grace_s must be longer than interval_s")
+        return self
+
+
+class ParamSpec(_Strict):
+    """One searched parameter: ``choices``, or ``low``/``high`` (with optional ``log``/``step``)."""
+
+    choices: list[Any] | None = Field(None, min_length=1, description="Categorical values.")
+    low: float | None = Field(None, description="Lower bound (int when low, high and step are ints).")
+    high: float | None = Field(None, description="Upper bound, inclusive.")
+    log: bool = Field(False, description="Sample on a log scale (low > 0).")
+    step: float | None = Field(None, gt=0, description="Discretisation step.")
+    when: dict[str, list[Any]] | None = Field(
+        None, description="Only sample when earlier params have one of these values, e.g. {architecture: [cnn]}."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_ints(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            # Remember whether bounds were written as integers before pydantic makes them floats.
+            ints = all(isinstance(data.get(k), int) and not isinstance(data.get(k), bool) for k in ("low", "high"))
+            ints = ints and (data.get("step") is None or isinstance(data.get("step"), int))
+            data = {**data, "__ints__": ints} if "low" in data or "high" in data else data
+        return data
+
+    is_int: bool = Field(False, alias="__ints__", exclude=True, description="(derived) bounds are integers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParamSpec:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None and ranged:
+            raise ValueError("give either choices or low/high, not both")
+        if self.choices is None and not ranged:
+            raise ValueError("give choices or low/high")
+        if ranged:
+            if self.low is None or self.high is None:
+                raise ValueError("low and high go together")
+            if self.low > self.high:
+                raise ValueError(f"low > high ({self.low:g} > {self.high:g})")
+            if self.log and self.low <= 0:
+                raise ValueError("log scale needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("log and step cannot be combined")
+        elif self.log or self.step is not None:
+            raise ValueError("log/step apply to low/high ranges, not choices")
+        return self
+
+    def values_to_check(self) -> list[Any]:
+        """Values that must be valid settings (every choice, both bounds)."""
+        if self.choices is not None:
+            return list(self.choices)
+        cast = int if self.is_int else float
+        return [cast(self.low), cast(self.high)]
+
+
+class SweepConfig(_Strict):
+    """A search space file (``sweeps/*.yaml``)."""
+
+    experiment: str | None = Field(None, description="Experiment to sweep when -e is not given.")
+    trials: int = Field(20, ge=1, description="Total trials (finished + pruned) the study should reach.")
+    timeout_min: float | None = Field(None, gt=0, description="Stop starting new trials after this many minutes.")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Optuna sampler.")
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig, description="Optuna pruner.")
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig, description="Dead-worker detection.")
+    params: dict[str, ParamSpec] = Field(min_length=1, description="Searched settings (experiment keys, dotted for nested).")
+    fixed: dict[str, Any] = Field({}, description="Settings held fixed for every trial (experiment keys).")
+    enqueue: list[dict[str, Any]] = Field(
+        [], description="Configurations to try first (e.g. the seed's hand-picked one), as param values."
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SweepConfig:
+        names = list(self.params)
+        overlap = sorted(set(names) & set(self.fixed))
+        if overlap:
+            raise ValueError(f"{overlap[0]!r} is both searched (params) and fixed")
+        for index, name in enumerate(names):
+            spec = self.params[name]
+            for cond in spec.when or {}:
+                if cond not in names[:index] and cond not in self.fixed:
+                    raise ValueError(f"params.{name}.when: {cond!r} must be a param listed before {name!r}")
+        if self.sampler.name == "grid":
+            ranged = [n for n, p in self.params.items() if p.choices is None]
+            if ranged:
+                raise ValueError(f"grid sampler needs choices for every param; {ranged[0]!r} has low/high")
+        for i, entry in enumerate(self.enqueue):
+            unknown = sorted(set(entry) - set(names))
+            if unknown:
+                raise ValueError(f"enqueue.{i}: {unknown[0]!r} is not a searched param; allowed: {', '.join(names)}")
+        return self
+
+
+def load_sweep(path: str | os.PathLike, experiment: ExperimentConfig | None = None) -> SweepConfig:
+    """Read and validate a sweep file; with ``experiment``, also check that every searched or
+    fixed key and value is a valid setting of it (so trial 17 cannot fail on a typo)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with at least 'params'")
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc, model=SweepConfig)) from None
+    if experiment is not None:
+        for key, value in sweep.fixed.items():
+            _check_setting(experiment, key, value, path, f"fixed.{key}")
+        base = apply_values(experiment, sweep.fixed, path, "fixed") if sweep.fixed else experiment
+        for name, spec in sweep.params.items():
+            for value in spec.values_to_check():
+                _check_setting(base, name, value, path, f"params.{name}")
+        for i, entry in enumerate(sweep.enqueue):
+            for key, value in entry.items():
+                _check_setting(base, key, value, path, f"enqueue.{i}.{key}")
+    return sweep
+
+
+def apply_values(exp: ExperimentConfig, values: dict[str, Any], path: Path | str, where: str) -> ExperimentConfig:
+    """``exp`` with ``{dotted key: value}`` applied (values already typed, e.g. from Optuna)."""
+    data = exp.model_dump()
+    for key, value in values.items():
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{path}: {where}.{key}: {'.'.join(parts[: i + 1])} is not a group of settings")
+            node = node[part]
+        node[parts[-1]] = value
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(Path(str(path)), exc, prefix=where)) from None
+
+
+def _check_setting(exp: ExperimentConfig, key: str, value: Any, path: Path, where: str) -> None:
+    fields = _fields_at(key.split(".")[:-1])
+    leaf = key.split(".")[-1]
+    if fields is None or leaf not in fields:
+        allowed = ", ".join(sorted(fields or _fields_at([]) or []))
+        raise ConfigError(f"{path}: {where}: {key!r} is not an experiment setting; allowed: {allowed}")
+    if key in ("name", "data_dir", "generate", "classes", "classes_file", "extra_data", "cache_dir"):
+        raise ConfigError(f"{path}: {where}: {key!r} describes the data, not a trial; set it in experiments.yaml")
+    try:
+        apply_values(exp, {key: value}, path, where)
+    except ConfigError as exc:
+        message = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"{path}: {where}: value {value!r} is invalid ({message.split(': ', 1)[-1]})") from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -360,7 +571,9 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}:{line} malformed YAML ({problem})") from None
 
 
-def format_validation_error(path: Path, exc: ValidationError, prefix: str = "", via: str = "") -> str:
+def format_validation_error(
+    path: Path, exc: ValidationError, prefix: str = "", via: str = "", model: type[BaseModel] | None = None
+) -> str:
     """One line for the first pydantic error: file, dotted key, what is wrong and what is allowed."""
     # An unknown key is usually the typo behind the other errors (e.g. a "missing" one).
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
@@ -368,7 +581,7 @@ def format_validation_error(path: Path, exc: ValidationError, prefix: str = "", 
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix] + loc if prefix else loc) or "(top level)"
     if err["type"] == "extra_forbidden":
-        allowed = _fields_for_loc(err["loc"], top=not prefix)
+        allowed = _fields_for_loc(err["loc"], top=not prefix, model=model)
         message = f"unknown key; allowed: {', '.join(allowed)}" if allowed else "unknown key"
     elif err["type"] == "missing":
         message = "required key is missing"
@@ -379,6 +592,8 @@ def format_validation_error(path: Path, exc: ValidationError, prefix: str = "", 
         message = message.removeprefix("Value error, ")
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     source = f"{via} " if via else ""
+    if not loc and err["type"] == "value_error":  # whole-file checks name their keys themselves
+        return f"{path}: {source}{message}{more}"
     return f"{path}: {source}{key}: {message}{more}"
 
 
@@ -409,9 +624,22 @@ def _fields_at(parts: list[str]) -> set[str] | None:
     return set(model.model_fields)
 
 
-def _fields_for_loc(loc: tuple, top: bool) -> list[str]:
+def _fields_for_loc(loc: tuple, top: bool, model: type[BaseModel] | None = None) -> list[str]:
     """Allowed keys at the parent of ``loc`` (walking nested models; list indexes skipped)."""
     parts = list(loc[:-1])
+    if model is not None:
+        current: Any = model
+        for part in parts:
+            if isinstance(part, int):
+                continue
+            field = current.model_fields.get(part) if isinstance(current, type) else None
+            if field is None:  # a key of a dict[str, Model]: the model stays the same
+                continue
+            inner = _inner_model(field.annotation)
+            if inner is None:
+                return []
+            current = inner
+        return [n for n, f in current.model_fields.items() if not f.exclude]
     if top:
         if not parts:
             return list(ExperimentsFile.model_fields)

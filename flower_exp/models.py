@@ -18,7 +18,7 @@ from typing import Any
 from ._imports import tensorflow
 from .errors import FlowerExpError
 
-WEIGHTS = ("none", "imagenet", "noisy-student")
+WEIGHTS = ("none", "imagenet", "noisy-student", "pretrained")
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ def create_model(
 ) -> Any:
     """Build ``name`` with a GAP → dropout → softmax head over ``num_classes``.
 
-    ``weights``: ``none``, ``imagenet``, ``noisy-student`` or a path to a local weights file of
-    the headless network (e.g. a pre-downloaded ``..._notop.h5``). Offline, a pretrained
+    ``weights``: ``none``, ``imagenet``, ``noisy-student``, ``pretrained`` (the architecture's
+    best published weights: noisy-student for ``efficientnet_ns_*``, imagenet for the others,
+    none for ``cnn``) or a path to a local weights file of the headless network (e.g. a pre-downloaded ``..._notop.h5``). Offline, a pretrained
     download fails fast with one line saying which file to pre-place where.
     """
     keras = _keras()
@@ -186,6 +187,9 @@ _register_keras_applications()
 def _check_weights(spec: ModelSpec, weights: str) -> str:
     if weights in (None, "", "none", "None"):
         return "none"
+    if weights == "pretrained":
+        # The architecture's best published weights; a from-scratch network has none.
+        return spec.pretrained[-1] if spec.pretrained else "none"
     if weights in WEIGHTS:
         if weights not in spec.pretrained:
             allowed = ", ".join(("none", *spec.pretrained, "a local weights file"))

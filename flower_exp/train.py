@@ -97,6 +97,7 @@ def run(
     allow_leakage: bool = False,
     progress: Callable[[str], None] | None = print,
     callbacks: list[Any] | None = None,
+    on_run_start: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Train ``exp`` once and log it to MLflow (``tracker``, else the project's default store).
 
@@ -128,6 +129,8 @@ def run(
     name = run_name or f"{cfg.architecture}-{cfg.image_size}px"
     run_tags = {TAG_KIND: "train", TAG_PREFIX + "architecture": cfg.architecture, **(tags or {})}
     with tracker.run(name, run_tags, parent_run_id) as run_id:
+        if on_run_start is not None:
+            on_run_start(run_id)
         return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 

@@ -59,3 +59,6 @@ def demo_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("demo") / "data"
     generate_demo(str(root), classes=4, per_class=15, sizes=(32, 64), seed=1, shards=2)
     return str(root)
+
+
+from servers import fresh_postgres_db, mlflow_server, postgres_url  # noqa: E402,F401  (shared fixtures)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -109,9 +111,9 @@ def test_ui_serves_on_loopback(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "flower_exp.cli", "ui", "--port", str(port)],
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 120
@@ -124,8 +126,10 @@ def test_ui_serves_on_loopback(tmp_path):
         assert body is not None, "MLflow UI did not answer"
         assert (tmp_path / "mlruns" / "mlflow.db").exists()
     finally:
-        proc.terminate()
+        # The server forks gunicorn workers: stop the whole session's process group.
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

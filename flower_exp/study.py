@@ -1,0 +1,674 @@
+"""The sweep: an Optuna study whose trials are tracked training runs.
+
+Optuna proposes a configuration, :func:`flower_exp.train.run` trains it as a nested MLflow
+child run under one parent run per study, and the pruner sees ``val_macro_f1`` after every
+epoch. The study lives in Optuna storage (a journal file under ``mlruns/optuna/`` by default,
+any Optuna storage URL with ``--storage``), so rerunning the same command resumes it, several
+processes or machines can share it, and a trial whose worker died is retried (heartbeats).
+
+(This module is ``study`` rather than ``sweep`` because ``flower_exp.sweep`` is the public
+function of the Python API; a submodule of that name would shadow it.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    ExperimentConfig,
+    HeartbeatConfig,
+    ParamSpec,
+    PrunerConfig,
+    ResolvedExperiment,
+    SamplerConfig,
+    SweepConfig,
+    apply_values,
+    find_config,
+    load_experiment,
+    load_sweep,
+    project_dir,
+    resolve,
+)
+from .errors import FlowerExpError
+from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, TrackingTarget, default_target, redact
+
+TAG_SWEEP = TAG_PREFIX + "sweep"
+TAG_STUDY = TAG_PREFIX + "study"
+TAG_TRIAL = TAG_PREFIX + "trial_number"
+ATTR_PARENT = "mlflow_parent_run_id"
+ATTR_RUN = "mlflow_run_id"
+ATTR_FAIL = "fail_reason"
+ATTR_ENQUEUED = "flower_exp_enqueued"
+ATTR_RETRY_OF = "retry_of_trial"
+HEARTBEAT_ATTR = "flower_exp:heartbeat"
+DEFAULT_SWEEP = "demo"
+# A sweep whose every trial fails (broken data, missing weights) stops instead of burning budget.
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything a worker process needs to join a sweep (picklable)."""
+
+    config_path: str | None
+    experiment: str
+    sweep_path: str
+    study_name: str
+    storage_url: str
+    tracking: TrackingTarget
+    parent_run_id: str
+    total_trials: int
+    deadline: float | None  # time.time() after which no trial starts
+    worker: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class SweepResult:
+    """What a sweep command reports at the end."""
+
+    study_name: str
+    storage_url: str
+    parent_run_id: str
+    experiment: str
+    counts: dict[str, int]
+    best: list[dict[str, Any]] = field(default_factory=list)  # top trials: number, value, params, run_id
+
+
+# --------------------------------------------------------------------------- locating files
+
+
+def find_sweep_file(name: str | None, config_path: Path) -> Path:
+    """``name`` as a path, else ``<project>/sweeps/<name>.yaml``, else the packaged copy."""
+    name = name or DEFAULT_SWEEP
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name:
+        if not candidate.is_file():
+            raise FlowerExpError(f"{name}: sweep file not found")
+        return candidate.resolve()
+    local = project_dir(config_path) / "sweeps" / f"{name}.yaml"
+    if local.is_file():
+        return local
+    from importlib import resources
+
+    packaged = Path(str(resources.files("flower_exp") / "resources" / "sweeps" / f"{name}.yaml"))
+    if packaged.is_file():
+        return packaged
+    raise FlowerExpError(f"sweep {name!r}: no {local} (and no packaged sweep of that name)")
+
+
+def default_storage_url(config_path: Path) -> str:
+    """The journal file shared by local worker processes."""
+    folder = project_dir(config_path) / "mlruns" / "optuna"
+    return str(folder / "journal.log")
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None = None) -> Any:
+    """An Optuna storage with heartbeats: a journal file (path ending ``.log`` or
+    ``journal:PATH``) or an RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``)."""
+    import optuna
+
+    # Failed trials are reported by the sweep itself, without Optuna's traceback per failure.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if url.startswith("journal:") or url.endswith(".log") or "://" not in url:
+        path = Path(url.removeprefix("journal:"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+        except OSError as exc:
+            raise FlowerExpError(f"Optuna storage {path}: cannot open ({exc.strerror or exc})") from None
+        return _journal_with_heartbeat()(backend, heartbeat.interval_s, heartbeat.grace_s, on_stale)
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "mysql"):
+        raise FlowerExpError(
+            f"--storage {redact(url)}: unknown scheme {scheme!r}; allowed: a journal file path, sqlite:///, postgresql://, mysql://"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=heartbeat.interval_s,
+                grace_period=heartbeat.grace_s,
+                heartbeat_stale_trial_callback=on_stale,
+                engine_kwargs={"pool_pre_ping": True} if scheme != "sqlite" else None,
+            )
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise FlowerExpError(f"Optuna storage {redact(url)}: unavailable ({redact(first)})") from None
+
+
+def _journal_with_heartbeat():
+    """JournalStorage plus Optuna's heartbeat protocol (Optuna only ships it for RDB storage):
+    a running trial stamps a system attribute every ``interval`` seconds; any worker that
+    starts a trial fails the RUNNING ones whose stamp is older than ``grace`` seconds, and the
+    stale-trial callback re-queues them."""
+    # Not re-exported by optuna.storages; it is the protocol RDBStorage implements.
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.storages.journal import JournalStorage
+    from optuna.trial import TrialState
+
+    class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+        def __init__(self, backend, interval: int, grace: int, on_stale: Callable | None):
+            super().__init__(backend)
+            self._interval, self._grace, self._on_stale = interval, grace, on_stale
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            now = time.time()
+            stale = []
+            for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                stamp = trial.system_attrs.get(HEARTBEAT_ATTR)
+                if stamp is None and trial.datetime_start is not None:
+                    stamp = trial.datetime_start.timestamp()
+                if stamp is not None and now - stamp > self._grace:
+                    stale.append(trial._trial_id)
+            return stale
+
+        def get_heartbeat_interval(self) -> int | None:
+            return self._interval
+
+        def get_heartbeat_stale_trial_callback(self):
+            return self._on_stale
+
+    return HeartbeatJournalStorage
+
+
+class StaleTrialHandler:
+    """Called for a trial whose worker died: mark its MLflow run FAILED, then re-queue it."""
+
+    def __init__(self, tracking: TrackingTarget, experiment: str, max_retry: int):
+        self.tracking, self.experiment, self.max_retry = tracking, experiment, max_retry
+
+    def __call__(self, study, trial) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        run_id = trial.user_attrs.get(ATTR_RUN)
+        try:
+            tracker = Tracker(self.tracking, self.experiment)
+            if run_id is None:
+                found = tracker.client.search_runs(
+                    [tracker.experiment_id],
+                    f"tags.`{TAG_STUDY}` = '{study.study_name}' and tags.`{TAG_TRIAL}` = '{trial.number}' "
+                    "and attributes.status = 'RUNNING'",
+                )
+                run_id = found[0].info.run_id if found else None
+            if run_id is not None:
+                tracker.set_tags(run_id, {TAG_STATE: "failed", TAG_PREFIX + "error": "worker died (no heartbeat); trial re-queued"})
+                tracker.end(run_id, "FAILED")
+        except FlowerExpError:
+            pass  # the store is down: the trial is still re-queued below
+        # The retry inherits user attrs: say which trial (and run) it replaces.
+        trial.user_attrs = {**trial.user_attrs, ATTR_RETRY_OF: trial.user_attrs.get(ATTR_RETRY_OF, trial.number)}
+        RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+
+
+# --------------------------------------------------------------------------- sampler / pruner / space
+
+
+def make_sampler(cfg: SamplerConfig, params: dict[str, ParamSpec], seed: int | None = None) -> Any:
+    """The Optuna sampler of a sweep (``seed`` overrides the file's)."""
+    import optuna
+
+    seed = cfg.seed if seed is None else seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if cfg.name == "grid":
+            return optuna.samplers.GridSampler({name: list(p.choices or []) for name, p in params.items()}, seed=seed)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            multivariate=cfg.multivariate,
+            group=cfg.group and cfg.multivariate,
+            n_startup_trials=cfg.n_startup_trials,
+            constant_liar=True,  # parallel workers: don't all propose the same point
+        )
+
+
+def make_pruner(cfg: PrunerConfig, epochs: int) -> Any:
+    """The Optuna pruner of a sweep; ``epochs`` is a full trial's length (hyperband's max)."""
+    import optuna
+
+    if cfg.name == "none":
+        return optuna.pruners.NopPruner()
+    if cfg.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
+    max_resource = cfg.max_resource or epochs
+    return optuna.pruners.HyperbandPruner(
+        min_resource=min(cfg.min_resource, max_resource), max_resource=max_resource, reduction_factor=cfg.reduction_factor
+    )
+
+
+def suggest(trial: Any, params: dict[str, ParamSpec], fixed: dict[str, Any]) -> dict[str, Any]:
+    """Ask ``trial`` for every param whose ``when`` condition holds, in file order."""
+    values: dict[str, Any] = {}
+    for name, spec in params.items():
+        if spec.when and not all((values.get(k, fixed.get(k)) in allowed) for k, allowed in spec.when.items()):
+            continue
+        if spec.choices is not None:
+            values[name] = trial.suggest_categorical(name, spec.choices)
+        elif spec.is_int:
+            step = int(spec.step) if spec.step else 1
+            values[name] = trial.suggest_int(name, int(spec.low), int(spec.high), step=step, log=spec.log)
+        else:
+            values[name] = trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    return values
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(
+    *,
+    experiment: str | None = None,
+    sweep: str | None = None,
+    trials: int | None = None,
+    timeout_min: float | None = None,
+    workers: int = 1,
+    study_name: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    new: bool = False,
+    force: bool = False,
+    seed: int | None = None,
+    config: str | os.PathLike | None = None,
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> SweepResult:
+    """Run (or resume) a sweep until the study has ``trials`` finished or pruned trials.
+
+    Rerunning with the same arguments resumes: finished trials are kept, the MLflow parent
+    run is reused and ``trials`` counts the total. ``new=True`` refuses to replace an existing
+    study unless ``force=True``.
+    """
+    import optuna
+
+    if workers < 1:
+        raise FlowerExpError(f"--workers {workers}: must be >= 1")
+    config_path = find_config(config)
+    sweep_path = find_sweep_file(sweep, config_path)
+    sweep_cfg = load_sweep(sweep_path)
+    exp = load_experiment(experiment or sweep_cfg.experiment, config_path)
+    sweep_cfg = load_sweep(sweep_path, exp.config)  # now also checks keys and values against the experiment
+    total = trials if trials is not None else sweep_cfg.trials
+    if total < 1:
+        raise FlowerExpError(f"--trials {total}: must be >= 1")
+    name = study_name or f"{exp.name}-{sweep_path.stem}"
+    storage_url = storage or default_storage_url(config_path)
+    tracking = default_target(project_dir(config_path), tracking_uri)
+    tracker = Tracker(tracking, exp.name)
+    on_stale = StaleTrialHandler(tracking, exp.name, sweep_cfg.heartbeat.max_retry)
+    store = open_storage(storage_url, sweep_cfg.heartbeat, on_stale)
+
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
+    if name in existing and new:
+        if not force:
+            raise FlowerExpError(
+                f"study {name!r} already exists in {redact(storage_url)} ({existing[name].n_trials} trials); "
+                "rerun without --new to resume it, or add --force to delete it and start over"
+            )
+        optuna.delete_study(study_name=name, storage=store)
+        log(f"deleted study {name!r} (--new --force)")
+    epochs = int(sweep_cfg.fixed.get("epochs", exp.config.epochs))
+    study = optuna.create_study(
+        study_name=name,
+        storage=store,
+        sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params, seed),
+        pruner=make_pruner(sweep_cfg.pruner, epochs),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    resumed = len(study.trials) > 0
+    if not study.user_attrs.get(ATTR_ENQUEUED):
+        for entry in sweep_cfg.enqueue:
+            study.enqueue_trial(entry, skip_if_exists=True)
+        study.set_user_attr(ATTR_ENQUEUED, True)
+        study.set_user_attr("experiment", exp.name)
+        study.set_user_attr("sweep_file", str(sweep_path))
+    parent = _parent_run(study, tracker, name, storage_url, sweep_cfg, total)
+    log(
+        f"{'resuming' if resumed else 'starting'} study {name!r} ({redact(storage_url)}): "
+        f"{_count(study)['finished']} of {total} trials done; MLflow parent run {parent}"
+    )
+    spec = SweepSpec(
+        config_path=str(config_path),
+        experiment=exp.name,
+        sweep_path=str(sweep_path),
+        study_name=name,
+        storage_url=storage_url,
+        tracking=tracking,
+        parent_run_id=parent,
+        total_trials=total,
+        deadline=time.time() + 60 * (timeout_min or sweep_cfg.timeout_min) if (timeout_min or sweep_cfg.timeout_min) else None,
+        quiet=quiet,
+    )
+    try:
+        if workers == 1:
+            run_worker(spec, study=study, exp=exp, sweep_cfg=sweep_cfg, tracker=tracker, log=log)
+        else:
+            _run_processes(spec, workers, log)
+    except KeyboardInterrupt:
+        tracker.set_tags(parent, {TAG_STATE: "killed"})
+        tracker.end(parent, "KILLED")
+        raise
+    study = optuna.load_study(study_name=name, storage=store)
+    _finish_parent(study, tracker, parent, total, log)
+    return SweepResult(
+        study_name=name,
+        storage_url=storage_url,
+        parent_run_id=parent,
+        experiment=exp.name,
+        counts=_count(study),
+        best=top_trials(study, 5),
+    )
+
+
+def run_worker(
+    spec: SweepSpec,
+    *,
+    study: Any = None,
+    exp: ResolvedExperiment | None = None,
+    sweep_cfg: SweepConfig | None = None,
+    tracker: Tracker | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Run trials until the study reaches ``spec.total_trials`` (finished + pruned + running)
+    or the deadline passes. Safe to run in many processes against one storage."""
+    import optuna
+
+    exp = exp or load_experiment(spec.experiment, spec.config_path)
+    sweep_cfg = sweep_cfg or load_sweep(spec.sweep_path, exp.config)
+    tracker = tracker or Tracker(spec.tracking, exp.name)
+    if study is None:
+        on_stale = StaleTrialHandler(spec.tracking, exp.name, sweep_cfg.heartbeat.max_retry)
+        store = open_storage(spec.storage_url, sweep_cfg.heartbeat, on_stale)
+        epochs = int(sweep_cfg.fixed.get("epochs", exp.config.epochs))
+        study = optuna.load_study(
+            study_name=spec.study_name,
+            storage=store,
+            sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params, None if sweep_cfg.sampler.seed is None else sweep_cfg.sampler.seed + spec.worker),
+            pruner=make_pruner(sweep_cfg.pruner, epochs),
+        )
+    prefix = f"[worker {spec.worker}] " if spec.worker else ""
+    objective = _Objective(spec, exp, sweep_cfg, tracker, lambda m: log(prefix + m))
+    while True:
+        if spec.deadline is not None and time.time() >= spec.deadline:
+            log(prefix + "timeout reached: no new trials")
+            return
+        counts = _count(study)
+        if counts["waiting"] == 0 and counts["finished"] + counts["running"] + counts["failed_counted"] >= spec.total_trials:
+            return
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[objective.after_trial], gc_after_trial=True)
+        if objective.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            last = study.get_trials(deepcopy=False)[-1].user_attrs.get(ATTR_FAIL, "unknown error")
+            raise FlowerExpError(
+                f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed in this worker; last: {last.splitlines()[0][:300]}"
+            )
+
+
+class _Objective:
+    def __init__(self, spec: SweepSpec, exp: ResolvedExperiment, sweep_cfg: SweepConfig, tracker: Tracker, log):
+        self.spec, self.exp, self.sweep_cfg, self.tracker, self.log = spec, exp, sweep_cfg, tracker, log
+        self.consecutive_failures = 0
+
+    def __call__(self, trial) -> float:
+        try:
+            return self._run(trial)
+        except Exception as exc:
+            import optuna
+
+            if not isinstance(exc, optuna.TrialPruned):
+                # Marks the failure as the trial's own (it uses up budget; a dead worker's does not).
+                trial.set_user_attr(ATTR_FAIL, f"{type(exc).__name__}: {exc}"[:1000])
+                self.log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
+                self.consecutive_failures += 1
+            raise
+
+    def _run(self, trial) -> float:
+        import optuna
+
+        from .train import Pruned, run
+
+        values = suggest(trial, self.sweep_cfg.params, self.sweep_cfg.fixed)
+        cfg: ExperimentConfig = apply_values(
+            self.exp.config, {**self.sweep_cfg.fixed, **values}, self.spec.sweep_path, f"trial {trial.number}"
+        )
+        trial_exp = resolve(cfg, Path(self.exp.config_path), os.environ)
+        retried = trial.user_attrs.get(ATTR_RETRY_OF)
+        tags = {
+            TAG_KIND: "trial",
+            TAG_SWEEP: self.spec.study_name,
+            TAG_STUDY: self.spec.study_name,
+            TAG_TRIAL: str(trial.number),
+            TAG_PREFIX + "suggested": json.dumps(values, default=str),
+        }
+        if retried is not None:
+            tags[TAG_PREFIX + "retry_of_trial"] = str(retried)
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        self.log(f"trial {trial.number}: {shown}")
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise Pruned(epoch, value)
+
+        def on_run(run_id: str) -> None:
+            trial.set_user_attr(ATTR_RUN, run_id)
+
+        result = run(
+            trial_exp,
+            tracker=self.tracker,
+            run_name=f"trial-{trial.number}",
+            parent_run_id=self.spec.parent_run_id,
+            tags=tags,
+            pruning_hook=report,
+            progress=None if self.spec.quiet else (lambda m: self.log(f"trial {trial.number}: {m}")),
+            on_run_start=on_run,
+        )
+        self.consecutive_failures = 0
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        if result.state == "pruned":
+            raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
+        return result.best_val_macro_f1
+
+    def after_trial(self, study, trial) -> None:
+        """Log the study's best value so far on the parent run (step = trial number)."""
+        state = trial.state.name.lower()
+        value = f" {trial.value:.4f}" if trial.value is not None else ""
+        try:
+            best = study.best_value
+        except ValueError:
+            best = None
+        self.log(f"trial {trial.number} {state}{value}; best so far {'-' if best is None else f'{best:.4f}'}")
+        if best is not None:
+            try:
+                self.tracker.log_metrics(self.spec.parent_run_id, {"best_val_macro_f1": best}, step=trial.number)
+            except Exception as exc:  # the trial's result is safe in Optuna; the curve can miss a point
+                self.log(f"could not log best value to MLflow: {exc}")
+
+
+def _run_processes(spec: SweepSpec, workers: int, log: Callable[[str], None]) -> None:
+    """N worker processes (spawned: TensorFlow and MLflow are not fork/thread-safe)."""
+    context = multiprocessing.get_context("spawn")
+    procs = []
+    for index in range(workers):
+        worker_spec = dataclasses.replace(spec, worker=index + 1)
+        proc = context.Process(target=_worker_main, args=(worker_spec,), name=f"flower-exp-worker-{index + 1}")
+        proc.start()
+        procs.append(proc)
+    log(f"started {workers} worker processes: {', '.join(str(p.pid) for p in procs)}")
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        # Workers got the same Ctrl-C (one process group) and are marking their trials.
+        deadline = time.time() + 30
+        for proc in procs:
+            proc.join(max(0.1, deadline - time.time()))
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    failed = [p for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        log(f"{len(failed)} worker(s) exited with an error: {', '.join(f'{p.name} ({p.exitcode})' for p in failed)}")
+
+
+def _worker_main(spec: SweepSpec) -> None:
+    import sys
+
+    try:
+        run_worker(spec, log=lambda m: print(m, flush=True))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except FlowerExpError as exc:
+        print(f"[worker {spec.worker}] error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+# --------------------------------------------------------------------------- MLflow parent run
+
+
+def _parent_run(study, tracker: Tracker, name: str, storage_url: str, sweep_cfg: SweepConfig, total: int) -> str:
+    """The study's parent run: reused when it exists (resume), created otherwise."""
+    run_id = study.user_attrs.get(ATTR_PARENT)
+    if run_id is not None:
+        try:
+            run = tracker.client.get_run(run_id)
+            if run.info.lifecycle_stage == "active":
+                if run.info.status != "RUNNING":
+                    tracker.client.update_run(run_id, status="RUNNING")
+                tracker.set_tags(run_id, {TAG_STATE: "running"})
+                return run_id
+        except Exception:  # deleted or from another tracking store: start a new parent
+            pass
+    run_id = tracker.start(
+        name, {TAG_KIND: "sweep", TAG_SWEEP: name, TAG_STUDY: name, TAG_PREFIX + "storage": redact(storage_url), TAG_STATE: "running"}
+    )
+    tracker.log_params(
+        run_id,
+        {
+            "study": name,
+            "storage": storage_url,
+            "sampler": sweep_cfg.sampler.model_dump_json(),
+            "pruner": sweep_cfg.pruner.model_dump_json(),
+            "trials": total,
+            "search_space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in sweep_cfg.params.items()}),
+            "fixed": json.dumps(sweep_cfg.fixed, default=str),
+        },
+    )
+    study.set_user_attr(ATTR_PARENT, run_id)
+    return run_id
+
+
+def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callable[[str], None]) -> None:
+    import tempfile
+
+    from .sweep_report import write_report
+
+    counts = _count(study)
+    metrics = {f"trials_{k}": v for k, v in counts.items() if k != "failed_counted"}
+    try:
+        metrics["best_val_macro_f1_final"] = study.best_value
+        tracker.set_tags(parent, {TAG_PREFIX + "best_trial": str(study.best_trial.number),
+                                  TAG_PREFIX + "best_run_id": str(study.best_trial.user_attrs.get(ATTR_RUN, ""))})
+    except ValueError:
+        pass
+    tracker.log_metrics(parent, metrics)
+    with tempfile.TemporaryDirectory(prefix="flower-exp-sweep-") as tmp:
+        try:
+            write_report(study, tmp)
+            tracker.log_artifact(parent, tmp, "optuna")
+        except Exception as exc:  # plots are a convenience; the study and runs are what matter
+            log(f"could not write the Optuna report: {type(exc).__name__}: {exc}")
+    done = counts["finished"] >= total
+    tracker.set_tags(parent, {TAG_STATE: "finished" if done else "incomplete"})
+    tracker.end(parent, "FINISHED")
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _count(study) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "waiting": sum(t.state == TrialState.WAITING for t in trials),
+    }
+    counts["finished"] = counts["complete"] + counts["pruned"]
+    # A trial that failed on its own (NaN loss, bad config) uses up budget; one whose worker
+    # died does not: its retry will run.
+    counts["failed_counted"] = sum(t.state == TrialState.FAIL and ATTR_FAIL in t.user_attrs for t in trials)
+    return counts
+
+
+def top_trials(study, n: int) -> list[dict[str, Any]]:
+    """The ``n`` best COMPLETE trials, best first."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    done.sort(key=lambda t: t.value, reverse=True)
+    return [
+        {"number": t.number, "value": t.value, "params": dict(t.params), "run_id": t.user_attrs.get(ATTR_RUN, ""),
+         "best_epoch": t.user_attrs.get("best_epoch")}
+        for t in done[:n]
+    ]
+
+
+def study_status(
+    *, experiment: str | None = None, sweep: str | None = None, study_name: str | None = None,
+    storage: str | None = None, config: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Trials by state, best value and params, best and parent MLflow runs (no TensorFlow)."""
+    import optuna
+
+    config_path = find_config(config)
+    storage_url = storage or default_storage_url(config_path)
+    if storage is None and not Path(storage_url).exists():
+        raise FlowerExpError(f"no sweeps yet ({storage_url} does not exist); start one with: flower-exp sweep")
+    store = open_storage(storage_url, HeartbeatConfig())
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
+    if study_name is None:
+        exp = load_experiment(experiment, config_path)
+        sweep_path = find_sweep_file(sweep, config_path)
+        study_name = f"{exp.name}-{sweep_path.stem}"
+    if study_name not in summaries:
+        allowed = ", ".join(summaries) or "(none)"
+        raise FlowerExpError(f"study {study_name!r}: not found in {redact(storage_url)}; studies there: {allowed}")
+    study = optuna.load_study(study_name=study_name, storage=store)
+    counts = _count(study)
+    counts.pop("failed_counted")
+    return {
+        "study": study_name,
+        "storage": redact(storage_url),
+        "counts": counts,
+        "best": top_trials(study, 1)[0] if counts["complete"] else None,
+        "parent_run_id": study.user_attrs.get(ATTR_PARENT),
+    }
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if (value == 0 or 1e-3 <= abs(value) < 1e4) and not math.isnan(value) else f"{value:.2e}"
+    return str(value)
