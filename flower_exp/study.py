@@ -136,19 +136,25 @@ def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None
         raise FlowerExpError(
             f"--storage {redact(url)}: unknown scheme {scheme!r}; allowed: a journal file path, sqlite:///, postgresql://, mysql://"
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=heartbeat.interval_s,
-                grace_period=heartbeat.grace_s,
-                heartbeat_stale_trial_callback=on_stale,
-                engine_kwargs={"pool_pre_ping": True} if scheme != "sqlite" else None,
-            )
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise FlowerExpError(f"Optuna storage {redact(url)}: unavailable ({redact(first)})") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=heartbeat.interval_s,
+                    grace_period=heartbeat.grace_s,
+                    heartbeat_stale_trial_callback=on_stale,
+                    engine_kwargs={"pool_pre_ping": True} if scheme != "sqlite" else None,
+                )
+        except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            # Workers starting together on an empty database race to create the tables
+            # ("duplicate key ... pg_type", "already exists"); the loser retries.
+            if attempt < 2 and ("already exists" in first or "duplicate key" in first.lower()):
+                time.sleep(1 + attempt)
+                continue
+            raise FlowerExpError(f"Optuna storage {redact(url)}: unavailable ({redact(first)})") from None
 
 
 def _journal_with_heartbeat():
