@@ -182,37 +182,45 @@ def sweep_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per trial instead of per epoch.")] = False,
 ) -> None:
     """Run (or resume) an Optuna sweep; every trial is an MLflow child run of one parent run."""
+    from contextlib import nullcontext
+
+    from .progress import SweepDisplay
     from .study import run_sweep
 
-    result = run_sweep(
-        experiment=experiment,
-        sweep=sweep,
-        trials=trials,
-        timeout_min=timeout,
-        workers=workers,
-        study_name=study,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        new=new,
-        force=force,
-        seed=seed,
-        config=state.config,
-        quiet=quiet,
-        log=lambda message: err.print(escape(message)),
-    )
+    live = err.is_terminal and workers == 1
+    display = SweepDisplay(err, trials) if live else None
+    with display if display is not None else nullcontext():
+        result = run_sweep(
+            experiment=experiment,
+            sweep=sweep,
+            trials=trials,
+            timeout_min=timeout,
+            workers=workers,
+            study_name=study,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            new=new,
+            force=force,
+            seed=seed,
+            config=state.config,
+            quiet=quiet,
+            log=lambda message: err.print(escape(message)),
+            on_event=display,
+        )
     counts = result.counts
     out.print(
         f"study {result.study_name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
     )
     if result.best:
         table = Table(title="best trials (val_macro_f1)")
-        for column in ("trial", "val_macro_f1", "best epoch", "params"):
-            table.add_column(column)
+        for column in ("trial", "val_macro_f1", "best epoch"):
+            table.add_column(column, justify="right")
         table.add_column("MLflow run", no_wrap=True, min_width=32)
         for row in result.best:
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items())
-            table.add_row(str(row["number"]), f"{row['value']:.4f}", str(row["best_epoch"] or ""), params, row["run_id"])
+            table.add_row(str(row["number"]), f"{row['value']:.4f}", str(row["best_epoch"] or ""), row["run_id"])
         out.print(table)
+        for row in result.best:
+            out.print(f"  trial {row['number']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items()))
     out.print(f"MLflow parent run: {result.parent_run_id}")
     out.print("next:")
     out.print("  flower-exp ui                                    # compare the runs side by side")

@@ -1,12 +1,13 @@
-"""Terminal progress for training: a bar over the current epoch's batches with the latest
-loss and the last epoch's val_macro_f1 (rich). Per-epoch log lines are printed by the run."""
+"""Terminal progress (rich): a bar over a training run's batches, and a sweep display with
+trials done / total, the best score so far, the current trial's epoch and an ETA. Log lines
+are printed by the run or sweep itself, so without a terminal nothing is lost."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 def epoch_bar(console: Console) -> Any:
@@ -50,3 +51,43 @@ def epoch_bar(console: Console) -> Any:
             self.bar.stop()
 
     return EpochBar()
+
+
+class SweepDisplay:
+    """Renders ``run_sweep`` events; use as a context manager around the sweep."""
+
+    def __init__(self, console: Console, total: int | None = None):
+        self.bar = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("sweep", total=total, status="")
+        self.best: float | None = None
+        self.current = ""
+
+    def __enter__(self) -> SweepDisplay:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def __call__(self, event: dict) -> None:
+        kind = event["kind"]
+        if kind == "trial_start":
+            self.current = f"trial {event['number']} starting"
+        elif kind == "epoch":
+            self.current = f"trial {event['number']} epoch {event['epoch']}/{event['epochs']} ({event['value']:.3f})"
+        elif kind == "trial_end":
+            self.best = event["best"] if event["best"] is not None else self.best
+            self.current = ""
+            self.bar.update(self.task, completed=event["done"], total=event["total"])
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        self.bar.update(self.task, status=f"best {best}  {self.current}")

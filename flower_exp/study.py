@@ -179,9 +179,12 @@ def _journal_with_heartbeat():
             now = time.time()
             stale = []
             for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-                stamp = trial.system_attrs.get(HEARTBEAT_ATTR)
-                if stamp is None and trial.datetime_start is not None:
-                    stamp = trial.datetime_start.timestamp()
+                # A retry inherits its dead predecessor's system attrs, stale heartbeat included:
+                # a trial counts as alive from its own start on.
+                stamps = [trial.system_attrs.get(HEARTBEAT_ATTR)]
+                if trial.datetime_start is not None:
+                    stamps.append(trial.datetime_start.timestamp())
+                stamp = max((s for s in stamps if s is not None), default=None)
                 if stamp is not None and now - stamp > self._grace:
                     stale.append(trial._trial_id)
             return stale
@@ -296,12 +299,14 @@ def run_sweep(
     config: str | os.PathLike | None = None,
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep until the study has ``trials`` finished or pruned trials.
 
     Rerunning with the same arguments resumes: finished trials are kept, the MLflow parent
     run is reused and ``trials`` counts the total. ``new=True`` refuses to replace an existing
-    study unless ``force=True``.
+    study unless ``force=True``. ``on_event`` receives progress events of in-process trials
+    (``trial_start``, ``epoch``, ``trial_end``) for a live display; ``log`` gets text lines.
     """
     import optuna
 
@@ -366,7 +371,7 @@ def run_sweep(
     )
     try:
         if workers == 1:
-            run_worker(spec, study=study, exp=exp, sweep_cfg=sweep_cfg, tracker=tracker, log=log)
+            run_worker(spec, study=study, exp=exp, sweep_cfg=sweep_cfg, tracker=tracker, log=log, on_event=on_event)
         else:
             _run_processes(spec, workers, log)
     except KeyboardInterrupt:
@@ -393,6 +398,7 @@ def run_worker(
     sweep_cfg: SweepConfig | None = None,
     tracker: Tracker | None = None,
     log: Callable[[str], None] = print,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Run trials until the study reaches ``spec.total_trials`` (finished + pruned + running)
     or the deadline passes. Safe to run in many processes against one storage."""
@@ -412,7 +418,7 @@ def run_worker(
             pruner=make_pruner(sweep_cfg.pruner, epochs),
         )
     prefix = f"[worker {spec.worker}] " if spec.worker else ""
-    objective = _Objective(spec, exp, sweep_cfg, tracker, lambda m: log(prefix + m))
+    objective = _Objective(spec, exp, sweep_cfg, tracker, lambda m: log(prefix + m), on_event or (lambda _e: None))
     while True:
         if spec.deadline is not None and time.time() >= spec.deadline:
             log(prefix + "timeout reached: no new trials")
@@ -429,8 +435,8 @@ def run_worker(
 
 
 class _Objective:
-    def __init__(self, spec: SweepSpec, exp: ResolvedExperiment, sweep_cfg: SweepConfig, tracker: Tracker, log):
-        self.spec, self.exp, self.sweep_cfg, self.tracker, self.log = spec, exp, sweep_cfg, tracker, log
+    def __init__(self, spec: SweepSpec, exp: ResolvedExperiment, sweep_cfg: SweepConfig, tracker: Tracker, log, emit):
+        self.spec, self.exp, self.sweep_cfg, self.tracker, self.log, self.emit = spec, exp, sweep_cfg, tracker, log, emit
         self.consecutive_failures = 0
 
     def __call__(self, trial) -> float:
@@ -468,8 +474,10 @@ class _Objective:
             tags[TAG_PREFIX + "retry_of_trial"] = str(retried)
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         self.log(f"trial {trial.number}: {shown}")
+        self.emit({"kind": "trial_start", "number": trial.number, "epochs": cfg.epochs})
 
         def report(epoch: int, value: float) -> None:
+            self.emit({"kind": "epoch", "number": trial.number, "epoch": epoch, "epochs": cfg.epochs, "value": value})
             trial.report(value, epoch)
             if trial.should_prune():
                 raise Pruned(epoch, value)
@@ -503,11 +511,17 @@ class _Objective:
         except ValueError:
             best = None
         self.log(f"trial {trial.number} {state}{value}; best so far {'-' if best is None else f'{best:.4f}'}")
-        if best is not None:
-            try:
+        counts = _count(study)
+        self.emit({"kind": "trial_end", "number": trial.number, "state": state, "value": trial.value, "best": best,
+                   "done": counts["finished"] + counts["failed_counted"], "total": self.spec.total_trials})
+        try:
+            run_id = trial.user_attrs.get(ATTR_RUN)
+            if run_id:
+                self.tracker.set_tags(run_id, {TAG_PREFIX + "optuna_state": trial.state.name})
+            if best is not None:
                 self.tracker.log_metrics(self.spec.parent_run_id, {"best_val_macro_f1": best}, step=trial.number)
-            except Exception as exc:  # the trial's result is safe in Optuna; the curve can miss a point
-                self.log(f"could not log best value to MLflow: {exc}")
+        except Exception as exc:  # the trial's result is safe in Optuna; MLflow can miss a point
+            self.log(f"could not update MLflow after trial {trial.number}: {exc}")
 
 
 def _run_processes(spec: SweepSpec, workers: int, log: Callable[[str], None]) -> None:

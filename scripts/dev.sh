@@ -34,8 +34,8 @@ case "$cmd" in
   install) install ;;
   demo)
     install
-    # The embedded default: generate the demo dataset on first use and inspect it.
-    "$VENV/bin/flower-exp" data inspect "$@"
+    # The embedded default: the demo sweep (generates the demo dataset on first use).
+    "$VENV/bin/flower-exp" sweep "$@"
     ;;
   test)
     install

@@ -16,7 +16,8 @@ HEAVY = ("tensorflow", "keras", "mlflow", "optuna")
 @pytest.mark.parametrize(
     "argv",
     [["--help"], ["data", "--help"], ["config", "--help"], ["data", "inspect", "--help"], ["data", "demo", "--help"],
-     ["data", "import-folder", "--help"], ["data", "check-leakage", "--help"], ["config", "show", "--help"], ["--version"]],
+     ["data", "import-folder", "--help"], ["data", "check-leakage", "--help"], ["config", "show", "--help"], ["--version"],
+     ["train", "--help"], ["sweep", "--help"], ["status", "--help"], ["runs", "--help"], ["ui", "--help"]],
 )
 def test_help_does_not_import_heavy_libraries(argv):
     code = (
@@ -41,3 +42,25 @@ def test_console_script_is_installed():
 def test_bad_int_list_is_a_user_error(cli, tmp_path):
     assert_one_line_error(cli("data", "demo", "--out", str(tmp_path / "d"), "--sizes", "32,x"), "--sizes '32,x'")
     assert not (tmp_path / "d").exists()
+
+
+def test_status_reads_a_study_without_tensorflow(tmp_path):
+    import optuna
+
+    journal = tmp_path / "mlruns" / "optuna" / "journal.log"
+    journal.parent.mkdir(parents=True)
+    storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="demo-demo", storage=storage, direction="maximize")
+    study.set_user_attr("mlflow_parent_run_id", "parent123")
+    study.optimize(lambda t: t.suggest_float("lr_max", 1e-4, 1e-2, log=True), n_trials=3)
+    code = (
+        "import sys\n"
+        "sys.argv = ['flower-exp', 'status']\n"
+        "from flower_exp.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print('TF=' + str('tensorflow' in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 complete" in proc.stdout and "parent123" in proc.stdout and "best: trial" in proc.stdout
+    assert "TF=False" in proc.stdout

@@ -76,6 +76,7 @@ def test_sweep_logs_parent_and_children_and_resumes(project):
         assert run.data.params["cnn_width"] == str(trial.params["cnn_width"])
         assert run.data.params["epochs"] == "2" and run.data.params["cnn_depth"] == "2"  # fixed
         assert run.data.tags["flower_exp.state"] in ("finished", "pruned")
+        assert run.data.tags["flower_exp.optuna_state"] == trial.state.name
     best_curve = tracker.client.get_metric_history(result.parent_run_id, "best_val_macro_f1")
     assert [m.step for m in best_curve] == sorted(m.step for m in best_curve) and best_curve
     assert best_curve[-1].value == pytest.approx(study.best_value)
