@@ -10,6 +10,7 @@ unless ``--config PATH`` is given; without one, the copy shipped in the package 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,12 @@ BUILTIN_CLASSES = {"petals": "petals-classes.txt"}
 BUILTIN_PREFIX = "builtin:"
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _one_of(value: str, allowed: Sequence[str], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+    return value
 
 
 class _Strict(BaseModel):
@@ -157,27 +164,21 @@ class ExperimentConfig(_Strict):
     def _known_architecture(cls, value: str) -> str:
         from .models import list_models
 
-        if value not in list_models():
-            raise ValueError(f"unknown architecture {value!r}; allowed: {', '.join(list_models())}")
-        return value
+        return _one_of(value, list_models(), "architecture")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         from .strategy import STRATEGIES
 
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; allowed: {', '.join(STRATEGIES)}")
-        return value
+        return _one_of(value, STRATEGIES, "strategy")
 
     @field_validator("mixed_precision")
     @classmethod
     def _known_precision(cls, value: str) -> str:
         from .strategy import PRECISIONS
 
-        if value not in PRECISIONS:
-            raise ValueError(f"unknown mixed_precision {value!r}; allowed: {', '.join(PRECISIONS)}")
-        return value
+        return _one_of(value, PRECISIONS, "mixed_precision")
 
     @model_validator(mode="after")
     def _classes_once(self) -> ExperimentConfig:
@@ -230,9 +231,7 @@ class SamplerConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler {value!r}; allowed: {', '.join(SAMPLERS)}")
-        return value
+        return _one_of(value, SAMPLERS, "sampler")
 
 
 class PrunerConfig(_Strict):
@@ -253,9 +252,7 @@ class PrunerConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in PRUNERS:
-            raise ValueError(f"unknown pruner {value!r}; allowed: {', '.join(PRUNERS)}")
-        return value
+        return _one_of(value, PRUNERS, "pruner")
 
 
 class HeartbeatConfig(_Strict):

@@ -54,6 +54,8 @@ HEARTBEAT_ATTR = "flower_exp:heartbeat"
 DEFAULT_SWEEP = "demo"
 # A sweep whose every trial fails (broken data, missing weights) stops instead of burning budget.
 MAX_CONSECUTIVE_FAILURES = 5
+# How long a process joining a just-created study waits for its creator's MLflow parent run.
+PARENT_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -337,14 +339,20 @@ def run_sweep(
         optuna.delete_study(study_name=name, storage=store)
         log(f"deleted study {name!r} (--new --force)")
     epochs = int(sweep_cfg.fixed.get("epochs", exp.config.epochs))
-    study = optuna.create_study(
+    study_args = dict(
         study_name=name,
         storage=store,
         sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params, seed),
         pruner=make_pruner(sweep_cfg.pruner, epochs),
         direction="maximize",
-        load_if_exists=True,
     )
+    try:
+        study = optuna.create_study(**study_args)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(**study_args, load_if_exists=True)
+        # Study names are unique in the storage: of several machines starting together, only
+        # the one that created the study enqueues and creates the MLflow parent run.
+        _wait_for_parent(study, PARENT_WAIT_S)
     resumed = len(study.trials) > 0
     if not study.user_attrs.get(ATTR_ENQUEUED):
         for entry in sweep_cfg.enqueue:
@@ -563,6 +571,14 @@ def _worker_main(spec: SweepSpec) -> None:
 
 
 # --------------------------------------------------------------------------- MLflow parent run
+
+
+def _wait_for_parent(study, timeout_s: float) -> None:
+    """Give the process that just created ``study`` time to record its parent run (it enqueues
+    first), so that every process joins that run instead of starting its own."""
+    deadline = time.time() + timeout_s
+    while study.user_attrs.get(ATTR_PARENT) is None and time.time() < deadline:
+        time.sleep(0.5)
 
 
 def _parent_run(study, tracker: Tracker, name: str, storage_url: str, sweep_cfg: SweepConfig, total: int) -> str:

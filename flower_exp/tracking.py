@@ -69,7 +69,14 @@ class Tracker:
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                except Exception:
+                    # Another process (a second machine starting the same sweep) created it just now.
+                    found = self.client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
+                    self.experiment_id = found.experiment_id
             else:
                 self.experiment_id = found.experiment_id
         except Exception as exc:

@@ -138,6 +138,7 @@ def _check_study_and_runs(study, runs) -> tuple[str, dict]:
         assert child.info.run_id == trial.user_attrs[ATTR_RUN]
         assert child.info.status == "FINISHED"
         assert child.data.tags[TAG_STATE] == trial.state.name.lower().replace("complete", "finished")
+        assert child.data.tags["flower_exp.optuna_state"] == trial.state.name
         assert float(child.data.params["lr_max"]) == trial.params["lr_max"]
         assert int(child.data.params["cnn_width"]) == trial.params["cnn_width"]
         assert int(child.data.params["epochs"]) == 2
@@ -164,7 +165,7 @@ def test_two_local_workers_share_the_journal_study_and_status_reports_it(cli, pr
     pids = re.search(r"started 2 worker processes: (\d+), (\d+)", result.stderr)
     assert pids and pids.group(1) != pids.group(2), result.stderr[-2000:]
     reported = {m.group(3): (int(m.group(1)), int(m.group(2))) for m in RUN_LINE.finditer(result.stdout)}
-    assert {run_id for run_id in reported} == {run.info.run_id for run in children.values()}, result.stdout
+    assert set(reported) == {run.info.run_id for run in children.values()}, result.stdout
     assert all(reported[run.info.run_id][1] == number for number, run in children.items())
     assert {worker for worker, _ in reported.values()} == {1, 2}, result.stdout
 
@@ -189,7 +190,7 @@ def test_sigkilled_trial_is_failed_and_retried_on_rerun(cli, project):
 
     args = ("sweep", "-s", "tiny", "--trials", "3")
     proc, out, err = _start(project, *args, log="killed")
-    client = _local_client(project)
+    client = None  # not before the sweep has created the MLflow store (no concurrent migrations)
     victim = None
     try:
         deadline = time.monotonic() + 300
@@ -205,6 +206,7 @@ def test_sigkilled_trial_is_failed_and_retried_on_rerun(cli, project):
                 continue
             running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING" and ATTR_RUN in t.user_attrs]
             if running:
+                client = client or _local_client(project)
                 try:
                     if client.get_run(running[0].user_attrs[ATTR_RUN]).info.status == "RUNNING":
                         victim = running[0]
@@ -293,6 +295,27 @@ def test_retried_trial_is_not_stale_when_a_worker_picks_it_up(tmp_path):
     assert retry.number == 1 and study.trials[1].user_attrs[ATTR_RETRY_OF] == 0
     # ...and before its first heartbeat, a third worker checks for dead trials.
     assert storage._get_stale_trial_ids(study._study_id) == []
+
+
+def test_tracker_joins_an_experiment_another_machine_created_meanwhile(tmp_path, monkeypatch):
+    """Two machines starting the same sweep on a fresh tracking server both find no MLflow
+    experiment; the one whose create loses the race must use the winner's."""
+    from mlflow.tracking import MlflowClient
+
+    from flower_exp.tracking import Tracker, TrackingTarget
+
+    target = TrackingTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
+    winner = MlflowClient(tracking_uri=target.uri).create_experiment("tiny")
+    lookup = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def not_there_yet(self, name):  # the first lookup ran before the other machine's create
+        calls.append(name)
+        return None if len(calls) == 1 else lookup(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", not_there_yet)
+    assert Tracker(target, "tiny").experiment_id == winner
+    assert len(calls) == 2
 
 
 # --------------------------------------------------------------------------- two machines
