@@ -101,12 +101,15 @@ def train_command(
         bool, typer.Option("--allow-leakage", help="Train even if an extra_data source contains val/test images.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log lines only, no progress bar.")] = False,
+    strategy: Annotated[
+        Optional[str], typer.Option(help="auto, tpu, mirrored, gpu or cpu (same as --set strategy=...).")
+    ] = None,
     cpu_replicas: Annotated[
         int, typer.Option("--cpu-replicas", help="Split the CPU into N logical devices (to try strategy=mirrored without GPUs).")
     ] = 1,
 ) -> None:
     """Train one model and record params, per-epoch metrics and artifacts in MLflow."""
-    exp = _experiment(experiment, set_)
+    exp = _experiment(experiment, [*(set_ or []), *([f"strategy={strategy}"] if strategy else [])])
     if cpu_replicas > 1:
         from .strategy import split_cpu
 
@@ -250,6 +253,91 @@ def status_command(
 
 def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+@app.command("best")
+def best_command(
+    experiment: ExperimentOpt = None,
+    study: Annotated[Optional[str], typer.Option(help="Only this study's trials (default: every finished run of the experiment).")] = None,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many runs to consider.")] = 3,
+    metric: Annotated[str, typer.Option(help="Ranking metric (per-run best).")] = "val_macro_f1",
+    diverse: Annotated[bool, typer.Option("--diverse", help="At most one run per architecture.")] = False,
+    method: Annotated[str, typer.Option(help="Weight search: optuna, greedy (Caruana selection) or mean.")] = "optuna",
+    trials: Annotated[int, typer.Option(help="Weight-search trials (optuna) or rounds (greedy).")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split and the weight search.")] = 0,
+    export: Annotated[Optional[Path], typer.Option(help="Write a self-contained export to this folder.")] = None,
+    refit: Annotated[bool, typer.Option("--refit", help="Retrain each exported member on train+val for its best epoch count.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")] = False,
+    force_ensemble: Annotated[bool, typer.Option("--force-ensemble", help="Export the blend even if it does not beat the best single member.")] = False,
+    register: Annotated[Optional[str], typer.Option(help="Also register the export in the MLflow model registry under this name.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Select the best runs, search ensemble weights honestly (fit on one half of validation,
+    score on the other, both ways), log an ensemble run, optionally refit and export."""
+    from .best import run_best
+
+    result = run_best(
+        experiment=experiment, study=study, top=top, metric=metric, diverse=diverse, method=method, trials=trials,
+        seed=seed, export=str(export) if export else None, refit=refit, force=force, force_ensemble=force_ensemble,
+        register=register, tracking_uri=tracking_uri, config=state.config, log=lambda m: err.print(escape(m)),
+    )
+    report = result.report
+    table = Table(title="ensemble members (held-out macro-F1: mean over the two validation halves)")
+    for column in ("run", "architecture", "size", "val_macro_f1", "held-out", "weight"):
+        table.add_column(column, justify="left" if column in ("run", "architecture") else "right")
+    weights = dict(zip(report.member_names, report.weights))
+    for c in result.candidates:
+        table.add_row(c.run_id, c.architecture, str(c.image_size), f"{c.score:.4f}",
+                      f"{report.holdout_members.get(c.run_id, float('nan')):.4f}", f"{weights.get(c.run_id, 0.0):.3f}")
+    out.print(table)
+    out.print(f"held-out ensemble {report.holdout_ensemble:.4f} vs best single member {report.holdout_best_single:.4f}")
+    out.print(f"exported members: {', '.join(result.exported_members)}; MLflow ensemble run {result.ensemble_run_id}")
+    if result.export_dir:
+        out.print(f"next: flower-exp predict {result.export_dir} --test   |   flower-exp predict {result.export_dir} IMAGE_OR_URL")
+
+
+@app.command("predict")
+def predict_command(
+    export_dir: Annotated[Path, typer.Argument(help="Export folder written by flower-exp best --export.")],
+    sources: Annotated[Optional[list[str]], typer.Argument(help="Image files or http(s) URLs.")] = None,
+    test: Annotated[bool, typer.Option("--test", help="Predict the experiment's test split and write a submission CSV.")] = False,
+    data: Annotated[Optional[str], typer.Option(help="Dataset root for --test (default: the export's experiment's data_dir).")] = None,
+    out_file: Annotated[Path, typer.Option("--out", help="Submission file for --test.")] = Path("submission.csv"),
+    labels: Annotated[Optional[Path], typer.Option(help="id,label CSV to score --test against (default: DATA/test_labels.csv if present).")] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average each image with its left-right flip.")] = False,
+    top_n: Annotated[int, typer.Option("--top", help="Classes to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Predict image files, URLs or the test split with an exported ensemble."""
+    from .predictor import load_export, predict_sources, predict_test
+
+    if not test and not sources:
+        raise FlowerExpError("nothing to predict: give image files/URLs or --test")
+    ensemble = load_export(str(export_dir))
+    if test:
+        root = data
+        if root is None:
+            from .data.dataset import open_data
+
+            name = ensemble.info.get("experiment")
+            root = open_data(_experiment(name), log=_log).root
+        path, score = predict_test(ensemble, root, str(out_file), tta=tta, labels_csv=str(labels) if labels else None)
+        if as_json:
+            out.print_json(json.dumps({"submission": path, "test_macro_f1": score}))
+        else:
+            out.print(f"wrote {path}" + (f"; test macro-F1 {score:.4f}" if score is not None else ""))
+    if sources:
+        results = predict_sources(ensemble, list(sources), top=top_n, tta=tta)
+        if as_json:
+            out.print_json(json.dumps([{"source": r.source, "error": r.error, "top": [{"class": c, "probability": p} for c, p in r.top]} for r in results]))
+        else:
+            for r in results:
+                if r.error:
+                    err.print(f"[red]{escape(r.source)}[/red]: {escape(r.error)}")
+                else:
+                    out.print(f"{r.source}: " + ", ".join(f"{c} {p:.3f}" for c, p in r.top))
+        if any(r.error for r in results):
+            raise typer.Exit(1)
 
 
 @app.command("ui")

@@ -145,7 +145,6 @@ class ExperimentConfig(_Strict):
         description="cnn only: BatchNormalization moving-average momentum (PyTorch's 0.9 settles the "
         "inference statistics in far fewer steps than Keras' 0.99).",
     )
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
     lr_min: float = Field(1e-4, gt=0, description="LR schedule: floor of the exponential decay (and default ramp start).")
     lr_max: float = Field(8e-4, gt=0, description="LR schedule: peak, held for lr_sustain_epochs (x replicas unless lr_scale_by_replicas is off).")
     lr_start: float | None = Field(None, gt=0, description="LR schedule: first ramp-up value (unset: lr_min).")

@@ -207,6 +207,7 @@ class StaleTrialHandler:
         self.tracking, self.experiment, self.max_retry = tracking, experiment, max_retry
 
     def __call__(self, study, trial) -> None:
+        import optuna
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         run_id = trial.user_attrs.get(ATTR_RUN)
@@ -226,7 +227,9 @@ class StaleTrialHandler:
             pass  # the store is down: the trial is still re-queued below
         # The retry inherits user attrs: say which trial (and run) it replaces.
         trial.user_attrs = {**trial.user_attrs, ATTR_RETRY_OF: trial.user_attrs.get(ATTR_RETRY_OF, trial.number)}
-        RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)(study, trial)
 
 
 # --------------------------------------------------------------------------- sampler / pruner / space
@@ -428,6 +431,10 @@ def run_worker(
     prefix = f"[worker {spec.worker}] " if spec.worker else ""
     objective = _Objective(spec, exp, sweep_cfg, tracker, lambda m: log(prefix + m), on_event or (lambda _e: None))
     while True:
+        # Dead workers' trials would otherwise count as running until some trial starts.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         if spec.deadline is not None and time.time() >= spec.deadline:
             log(prefix + "timeout reached: no new trials")
             return

@@ -134,12 +134,65 @@ def run(
         return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 
+def refit(
+    exp: ResolvedExperiment,
+    epochs: int,
+    *,
+    tracker: Tracker,
+    refit_of: str,
+    parent_run_id: str | None = None,
+    progress: Callable[[str], None] | None = print,
+) -> str:
+    """Retrain ``exp``'s configuration on train+val for ``epochs`` epochs (its original run's
+    best epoch count, as the seed trained its final models) and log it as a new run linked to
+    ``refit_of``. There is no validation left to score it on; returns the new run id."""
+    from ._imports import tensorflow
+    from .data import pipeline
+    from .data.dataset import open_data
+    from .models import normalization_for
+
+    tensorflow()
+    import keras
+
+    say = progress or (lambda _m: None)
+    cfg = exp.config.model_copy(update={"epochs": epochs})
+    exp = exp.model_copy(update={"config": cfg})
+    data = open_data(exp, log=say)
+    extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
+    train_files = pipeline.split_files(data.root, "train+val", cfg.image_size, extra)
+    tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture}
+    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id:
+        acc, global_batch, schedule = _setup(cfg, say)
+        steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
+        normalization = normalization_for(cfg.architecture)
+        train_ds = _training_data(data, "train+val", cfg, global_batch, acc, normalization)
+        tracker.log_params(run_id, {**_run_params(exp, data, train_files, acc, global_batch, steps, normalization),
+                                    "epochs": epochs, "refit_of": refit_of})
+        model = _compiled_model(cfg, acc, schedule, len(data.class_names))
+        timer = _EpochTimer(steps * global_batch)
+        logger = _Logger(tracker, run_id, schedule, acc.replicas, epochs, say, None)
+        callbacks = [timer, _StopOnNonFinite(), keras.callbacks.LearningRateScheduler(lambda e, _lr: schedule.lr(e, acc.replicas)), logger]
+        model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+        tracker.log_metrics(run_id, {"epochs_run": len(logger.history), "first_epoch_time_s": timer.times[0],
+                                     "mean_epoch_time_s": float(np.mean(timer.times[1:])) if len(timer.times) > 1 else None})
+        with tempfile.TemporaryDirectory(prefix="flower-exp-refit-") as tmp:
+            folder = Path(tmp)
+            (folder / "model").mkdir()
+            model.save(folder / "model" / "model.keras")
+            _write_history(folder / "history.csv", logger.history)
+            plot_schedule(schedule, epochs, str(folder / "lr_schedule.png"), acc.replicas)
+            _write_config(folder / "config.yaml", exp, data.class_names)
+            tracker.log_artifact(run_id, tmp)
+        say(f"refit of {refit_of} on train+val for {epochs} epochs: MLflow run {run_id}")
+        del model, train_ds, callbacks
+        _release(keras)
+        return run_id
+
+
 def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks) -> RunResult:
     from ._imports import tensorflow
     from .data import pipeline
-    from .data.leakage import data_fingerprint
-    from .models import create_model, normalization_for
-    from .strategy import detect, precision_policy
+    from .models import normalization_for
 
     tf = tensorflow()
     import keras
@@ -147,30 +200,13 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     cfg = exp.config
 
     # --- setup
-    keras.utils.set_random_seed(cfg.seed)
-    acc = detect(cfg.strategy, cfg.mixed_precision)
-    global_batch = acc.global_batch(cfg.batch_size_per_replica)
-    schedule = schedule_for(cfg)
-    say(f"accelerator: {acc.description}, {acc.replicas} replica(s), global batch {global_batch}, precision {acc.precision}")
+    acc, global_batch, schedule = _setup(cfg, say)
 
     # --- data
     num_classes = len(data.class_names)
-    extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
     steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
     normalization = normalization_for(cfg.architecture)
-    train_ds = pipeline.make_dataset(
-        data.root,
-        "train",
-        image_size=cfg.image_size,
-        batch_size=global_batch,
-        normalization=normalization,
-        augment_cfg=cfg.augment,
-        extra=extra,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed,
-        drop_remainder=acc.drop_remainder,
-        num_classes=num_classes,
-    )
+    train_ds = _training_data(data, train_files.split, cfg, global_batch, acc, normalization)
     val_ds = pipeline.make_dataset(
         data.root,
         "val",
@@ -185,45 +221,11 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
 
     tracker.log_params(
         run_id,
-        {
-            **_hyperparameters(cfg),
-            "num_classes": num_classes,
-            "train_images": train_files.count,
-            "val_images": val_files.count,
-            "stored_image_size": train_files.stored_size,
-            "normalization": normalization,
-            "accelerator": acc.kind,
-            "replicas": acc.replicas,
-            "global_batch_size": global_batch,
-            "precision": acc.precision,
-            "steps_per_epoch": steps,
-            "data_dir": data.root,
-            "data_fingerprint": data_fingerprint(data.root, cfg.image_size, [root for root, _ in data.extra]),
-            "git_commit": git_commit(Path(exp.config_path).parent) or "none",
-            **{f"version.{k}": v for k, v in package_versions().items()},
-        },
+        _run_params(exp, data, train_files, acc, global_batch, steps, normalization, val_images=val_files.count),
     )
 
     # --- model
-    with precision_policy(acc.precision), acc.strategy.scope():
-        model = create_model(
-            cfg.architecture,
-            num_classes=num_classes,
-            image_size=cfg.image_size,
-            weights=cfg.weights,
-            dropout=cfg.dropout,
-            cnn_width=cfg.cnn_width,
-            cnn_depth=cfg.cnn_depth,
-            cnn_dropout=cfg.cnn_dropout,
-            cnn_bn_momentum=cfg.cnn_bn_momentum,
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=cfg.jit_compile,
-            steps_per_execution=cfg.steps_per_execution,
-        )
+    model = _compiled_model(cfg, acc, schedule, num_classes)
 
     # --- train
     timer = _EpochTimer(steps * global_batch)
@@ -278,11 +280,99 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         val_labels=val_labels,
         val_probs=validation.best_probs,
     )
-    # Free the graph and datasets: a sweep worker runs many trials in one process.
     del model, train_ds, val_ds, val_images, callbacks, validation
+    _release(keras)
+    return result
+
+
+def _setup(cfg: ExperimentConfig, say: Callable[[str], None]):
+    """Seed everything, pick the accelerator; returns (accelerator, global batch, schedule)."""
+    import keras
+
+    from .strategy import detect
+
+    keras.utils.set_random_seed(cfg.seed)
+    acc = detect(cfg.strategy, cfg.mixed_precision)
+    global_batch = acc.global_batch(cfg.batch_size_per_replica)
+    say(f"accelerator: {acc.description}, {acc.replicas} replica(s), global batch {global_batch}, precision {acc.precision}")
+    return acc, global_batch, schedule_for(cfg)
+
+
+def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, acc, normalization: str):
+    from .data import pipeline
+
+    return pipeline.make_dataset(
+        data.root,
+        split,
+        image_size=cfg.image_size,
+        batch_size=global_batch,
+        normalization=normalization,
+        augment_cfg=cfg.augment,
+        extra=[pipeline.DataSource(root, splits) for root, splits in data.extra],
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        drop_remainder=acc.drop_remainder,
+        num_classes=len(data.class_names),
+    )
+
+
+def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int):
+    """The configured network, built and compiled under the accelerator's strategy and precision."""
+    import keras
+
+    from .models import create_model
+    from .strategy import precision_policy
+
+    with precision_policy(acc.precision), acc.strategy.scope():
+        model = create_model(
+            cfg.architecture,
+            num_classes=num_classes,
+            image_size=cfg.image_size,
+            weights=cfg.weights,
+            dropout=cfg.dropout,
+            cnn_width=cfg.cnn_width,
+            cnn_depth=cfg.cnn_depth,
+            cnn_dropout=cfg.cnn_dropout,
+            cnn_bn_momentum=cfg.cnn_bn_momentum,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=cfg.jit_compile,
+            steps_per_execution=cfg.steps_per_execution,
+        )
+    return model
+
+
+def _run_params(exp, data, train_files, acc, global_batch, steps, normalization, **extra) -> dict[str, Any]:
+    from .data.leakage import data_fingerprint
+
+    cfg = exp.config
+    return {
+        **_hyperparameters(cfg),
+        "num_classes": len(data.class_names),
+        "train_split": train_files.split,
+        "train_images": train_files.count,
+        **extra,
+        "stored_image_size": train_files.stored_size,
+        "normalization": normalization,
+        "accelerator": acc.kind,
+        "replicas": acc.replicas,
+        "global_batch_size": global_batch,
+        "precision": acc.precision,
+        "steps_per_epoch": steps,
+        "data_dir": data.root,
+        "data_fingerprint": data_fingerprint(data.root, cfg.image_size, [root for root, _ in data.extra]),
+        "git_commit": git_commit(Path(exp.config_path).parent) or "none",
+        **{f"version.{k}": v for k, v in package_versions().items()},
+    }
+
+
+def _release(keras) -> None:
+    # Free the graph and datasets: a sweep worker runs many trials in one process.
     keras.backend.clear_session()
     gc.collect()
-    return result
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -397,21 +487,22 @@ class _Logger(callback_base()):
             "epoch": epoch + 1,
             "train_loss": float(logs.get("loss", float("nan"))),
             "train_accuracy": float(logs.get("accuracy", float("nan"))),
-            "val_loss": logs["val_loss"],
-            "val_accuracy": logs["val_accuracy"],
-            "val_macro_f1": logs["val_macro_f1"],
             "lr": self.schedule.lr(epoch, self.replicas),
             "epoch_time_s": logs["epoch_time_s"],
             "images_per_s": logs["images_per_s"],
         }
+        # A refit trains on train+val and has no validation scores.
+        row.update({k: logs[k] for k in ("val_loss", "val_accuracy", "val_macro_f1") if k in logs})
         self.history.append(row)
-        self.tracker.log_metrics(self.run_id, {k: row[k] for k in EPOCH_METRICS}, step=epoch + 1)
+        self.tracker.log_metrics(self.run_id, {k: row[k] for k in EPOCH_METRICS if k in row}, step=epoch + 1)
+        scores = f"loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.3f}  "
+        if "val_macro_f1" in row:
+            scores += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  val_macro_f1 {row['val_macro_f1']:.4f}  "
         self.say(
-            f"epoch {epoch + 1}/{self.epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.3f}  "
-            f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  val_macro_f1 {row['val_macro_f1']:.4f}  "
-            f"lr {row['lr']:.2e}  {row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"
+            f"epoch {epoch + 1}/{self.epochs}  {scores}lr {row['lr']:.2e}  "
+            f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"
         )
-        if self.pruning_hook is not None:
+        if self.pruning_hook is not None and "val_macro_f1" in row:
             self.pruning_hook(epoch + 1, row["val_macro_f1"])
 
 
@@ -456,15 +547,23 @@ def _write_artifacts(
     model_dir.mkdir()
     model.save(model_dir / "model.keras")
     np.savez_compressed(folder / "val_probs.npz", ids=val_ids, labels=val_labels, probs=val_probs)
-    with open(folder / "history.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["epoch", *EPOCH_METRICS])
-        writer.writeheader()
-        writer.writerows(history)
+    _write_history(folder / "history.csv", history)
     plot_schedule(schedule, exp.config.epochs, str(folder / "lr_schedule.png"), replicas)
     _plot_confusion(val_labels, val_probs.argmax(axis=1), class_names, folder / "confusion_matrix.png")
+    _write_config(folder / "config.yaml", exp, class_names)
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", *EPOCH_METRICS], restval="")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _write_config(path: Path, exp: ResolvedExperiment, class_names: list[str]) -> None:
     resolved = exp.config.model_dump(mode="json")
     resolved.update(data_dir=exp.data_dir, classes=class_names)
-    (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
 
 def _plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], path: Path) -> None:

@@ -138,7 +138,7 @@ def test_cli_train_user_errors(cli, project):
 
 
 def test_two_replica_mirrored_strategy_on_cpu(cli, project):
-    result = cli("train", "--cpu-replicas", "2", "--set", "strategy=mirrored", "--set", "epochs=1", cwd=project, timeout=600)
+    result = cli("train", "--cpu-replicas", "2", "--strategy", "mirrored", "--set", "epochs=1", cwd=project, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy over 2 CPUs" in result.stderr
     assert "global batch 32" in result.stderr
