@@ -25,4 +25,21 @@ def train(experiment: str | None = None, *, set: list[str] | None = None, config
     return run(load_experiment(experiment, config, set or []), **kwargs)
 
 
-__all__ = ["__version__", "sweep", "train"]
+def best(**kwargs):
+    """Select the best runs, search ensemble weights honestly and optionally refit/export;
+    keyword arguments mirror ``flower-exp best`` (experiment, study, top, metric, diverse,
+    method, trials, seed, export, refit, force, force_ensemble, register, tracking_uri,
+    config). Returns a ``BestResult``."""
+    from .best import run_best
+
+    return run_best(**kwargs)
+
+
+def predict(export: str, sources: list[str] | None = None, *, top: int = 5, tta: bool = False):
+    """Predict image files or http(s) URLs with an export; returns one ``ItemPrediction`` each."""
+    from .predictor import load_export, predict_sources
+
+    return predict_sources(load_export(export), list(sources or []), top=top, tta=tta)
+
+
+__all__ = ["__version__", "best", "predict", "sweep", "train"]

@@ -228,7 +228,7 @@ def sweep_command(
     out.print("next:")
     out.print("  flower-exp ui                                    # compare the runs side by side")
     out.print(f"  flower-exp status -e {result.experiment} --study {result.study_name}")
-    out.print(f"  flower-exp runs -e {result.experiment} --top 10                # all runs, best first")
+    out.print(f"  flower-exp best -e {result.experiment} --study {result.study_name} --export exports/{result.study_name}")
 
 
 @app.command("status")

@@ -1,0 +1,280 @@
+"""``flower-exp best``: pick the best runs, search ensemble weights honestly, log, refit, export.
+
+Reads only what tracking stored (params, summary metrics, ``val_probs.npz``, ``model/``,
+``config.yaml``); the weight search and its held-out protocol live in :mod:`flower_exp.ensemble`,
+the export format in :mod:`flower_exp.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ExperimentConfig, find_config, load_experiment, project_dir, resolve
+from .errors import FlowerExpError
+from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, default_target
+
+METHODS = ("optuna", "greedy", "mean")
+
+
+@dataclass
+class Candidate:
+    """A finished run that may join the ensemble."""
+
+    run_id: str
+    architecture: str
+    image_size: int
+    score: float
+    best_epoch: int
+    parent_run_id: str | None
+    name: str
+
+
+@dataclass
+class BestResult:
+    """What ``best`` did."""
+
+    candidates: list[Candidate]
+    report: Any  # ensemble.EnsembleReport
+    exported_members: list[str]
+    weights: list[float]
+    ensemble_run_id: str
+    export_dir: str | None = None
+    refit_runs: dict[str, str] = field(default_factory=dict)  # original run -> refit run
+
+
+def select_runs(
+    tracker: Tracker, *, study: str | None, top: int, metric: str = "val_macro_f1", diverse: bool = False
+) -> list[Candidate]:
+    """The ``top`` finished (not pruned/failed) runs by ``metric``, optionally one per architecture."""
+    key = metric if metric.startswith("best_") else f"best_{metric}"
+    query = "attributes.status = 'FINISHED' and tags.`flower_exp.state` = 'finished'"
+    if study:
+        query += f" and tags.`{TAG_PREFIX}study` = '{study}'"
+    runs = tracker.client.search_runs([tracker.experiment_id], query, order_by=[f"metrics.{key} DESC"], max_results=500)
+    runs = [r for r in runs if r.data.tags.get(TAG_KIND) in ("train", "trial") and key in r.data.metrics]
+    if not runs:
+        where = f"study {study!r}" if study else f"experiment {tracker.experiment!r}"
+        raise FlowerExpError(f"no finished runs with metric {key} in {where}; run flower-exp sweep or train first")
+    chosen: list[Candidate] = []
+    seen: set[str] = set()
+    for run in runs:
+        arch = run.data.params.get("architecture", "?")
+        if diverse and arch in seen:
+            continue
+        seen.add(arch)
+        chosen.append(
+            Candidate(
+                run_id=run.info.run_id,
+                architecture=arch,
+                image_size=int(run.data.params.get("image_size", 0)),
+                score=float(run.data.metrics[key]),
+                best_epoch=int(run.data.metrics.get("best_epoch", 0)),
+                parent_run_id=run.data.tags.get("mlflow.parentRunId"),
+                name=run.info.run_name or run.info.run_id[:8],
+            )
+        )
+        if len(chosen) >= top:
+            break
+    return chosen
+
+
+def run_best(
+    *,
+    experiment: str | None = None,
+    study: str | None = None,
+    top: int = 3,
+    metric: str = "val_macro_f1",
+    diverse: bool = False,
+    method: str = "optuna",
+    trials: int = 100,
+    seed: int = 0,
+    export: str | None = None,
+    refit: bool = False,
+    force: bool = False,
+    force_ensemble: bool = False,
+    register: str | None = None,
+    tracking_uri: str | None = None,
+    config: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> BestResult:
+    """Select the best runs, search ensemble weights on one half of validation and score on
+    the other (both ways), log an ``ensemble`` run, optionally refit and export."""
+    from .ensemble import confusion_png, evaluate, load_member
+
+    if method not in METHODS:
+        raise FlowerExpError(f"--method {method!r}: unknown; allowed: {', '.join(METHODS)}")
+    if top < 1:
+        raise FlowerExpError(f"--top {top}: must be >= 1")
+    if export is not None and Path(export).exists() and not force:
+        # Checked up front: refusing after minutes of refitting would waste them.
+        raise FlowerExpError(f"{export}: already exists; pass --force to replace it")
+    config_path = find_config(config)
+    exp = load_experiment(experiment, config_path)
+    target = default_target(project_dir(config_path), tracking_uri)
+    tracker = Tracker(target, exp.name)
+    candidates = select_runs(tracker, study=study, top=top, metric=metric, diverse=diverse)
+    log("selected: " + ", ".join(f"{c.name} ({c.architecture}, {c.image_size}px, {c.score:.4f})" for c in candidates))
+
+    with tempfile.TemporaryDirectory(prefix="flower-exp-best-") as tmp:
+        members = []
+        for c in candidates:
+            path = tracker.client.download_artifacts(c.run_id, "val_probs.npz", tmp)
+            members.append(load_member(c.run_id, path))
+        study_name = f"{study or exp.name}-ensemble"
+        report = evaluate(members, method=method, trials=trials, seed=seed, study_name=study_name)
+        log(
+            f"held-out macro-F1 (mean of both halves): ensemble {report.holdout_ensemble:.4f} vs best single member "
+            f"{report.holdout_best_single:.4f} ({'ensemble wins' if report.ensemble_wins else 'ensemble does not win'})"
+        )
+        use_ensemble = (report.ensemble_wins or force_ensemble) and len(candidates) > 1
+        if use_ensemble:
+            chosen = {name: w for name, w in zip(report.member_names, report.weights) if w > 0}
+        else:
+            if len(candidates) > 1:
+                log(f"exporting the single best member {report.best_single} (pass --force-ensemble to export the blend)")
+            chosen = {report.best_single: 1.0}
+
+        parent = candidates[0].parent_run_id
+        tags = {TAG_KIND: "ensemble", TAG_PREFIX + "method": method, TAG_STATE: "finished"}
+        if study:
+            tags[TAG_PREFIX + "study"] = study
+        with tracker.run(f"ensemble-{method}", tags, parent) as ensemble_run:
+            tracker.log_params(
+                ensemble_run,
+                {
+                    "method": method,
+                    "members": ",".join(report.member_names),
+                    "weights": json.dumps(dict(zip(report.member_names, [round(w, 6) for w in report.weights]))),
+                    "exported": json.dumps(chosen),
+                    "trials": trials,
+                    "seed": seed,
+                    "val_size": report.val_size,
+                },
+            )
+            tracker.log_metrics(
+                ensemble_run,
+                {
+                    "holdout_ensemble_macro_f1": report.holdout_ensemble,
+                    "holdout_best_single_macro_f1": report.holdout_best_single,
+                    **{f"holdout_macro_f1.{name[:12]}": v for name, v in report.holdout_members.items()},
+                },
+            )
+            _log_report(tracker, ensemble_run, report, members, confusion_png, exp, tmp)
+
+        refit_runs: dict[str, str] = {}
+        export_dir = None
+        if export is not None or refit:
+            by_id = {c.run_id: c for c in candidates}
+            model_runs = dict.fromkeys(chosen)
+            if refit:
+                from .train import refit as refit_run
+
+                for run_id in chosen:
+                    member_exp = _member_experiment(tracker, run_id, exp, tmp)
+                    epochs = max(1, by_id[run_id].best_epoch)
+                    log(f"refitting {run_id} on train+val for {epochs} epochs")
+                    refit_runs[run_id] = refit_run(
+                        member_exp, epochs, tracker=tracker, refit_of=run_id, parent_run_id=parent, progress=log
+                    )
+                model_runs = dict(refit_runs)
+            if export is not None:
+                export_dir = _export(
+                    tracker, export, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp,
+                    force=force, register=register, tracking_uri=target.uri,
+                )
+                log(f"exported to {export_dir}")
+    return BestResult(
+        candidates=candidates,
+        report=report,
+        exported_members=list(chosen),
+        weights=list(chosen.values()),
+        ensemble_run_id=ensemble_run,
+        export_dir=export_dir,
+        refit_runs=refit_runs,
+    )
+
+
+def _log_report(tracker, run_id, report, members, confusion_png, exp, tmp) -> None:
+    import csv
+
+    import numpy as np
+
+    from .ensemble import align, combine
+
+    folder = Path(tmp) / "ensemble-report"
+    folder.mkdir()
+    with open(folder / "weight_search_trials.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["phase", "number", "value", "weights"])
+        for rec in report.search_trials:
+            writer.writerow([rec.get("phase", ""), rec.get("number", ""), rec.get("value", ""), json.dumps(rec.get("weights"))])
+    summary = {k: v for k, v in report.__dict__.items() if k != "search_trials"}
+    (folder / "ensemble_report.json").write_text(json.dumps(summary, indent=2, default=float))
+    _ids, labels, stack = align(members)
+    names = _class_names(exp)
+    probs = combine(stack, np.asarray(report.weights))
+    confusion_png(probs, labels, names, str(folder / "confusion_matrix.png"), "ensemble on validation (final weights)")
+    tracker.log_artifact(run_id, str(folder), "ensemble-report")
+
+
+def _class_names(exp) -> list[str]:
+    from .data.dataset import open_data
+
+    return open_data(exp).class_names
+
+
+def _member_experiment(tracker, run_id: str, exp, tmp: str):
+    """The member run's exact configuration (its config.yaml artifact) on this experiment's data."""
+    path = tracker.client.download_artifacts(run_id, "config.yaml", os.path.join(tmp, run_id))
+    data = yaml.safe_load(Path(path).read_text())
+    for key in ("data_dir", "classes"):
+        data.pop(key, None)
+    data.update(data_dir=exp.config.data_dir, generate=exp.config.generate, classes=exp.config.classes,
+                classes_file=exp.config.classes_file, extra_data=exp.config.extra_data, cache_dir=exp.config.cache_dir)
+    cfg = ExperimentConfig.model_validate(data)
+    return resolve(cfg, Path(exp.config_path), os.environ)
+
+
+def _export(tracker, out, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp, *, force, register, tracking_uri):
+    from .export import ExportMember, write_export
+    from .models import normalization_for
+
+    members = []
+    for run_id, weight in chosen.items():
+        source_run = model_runs[run_id] or run_id
+        model_path = tracker.client.download_artifacts(source_run, "model/model.keras", os.path.join(tmp, "models", source_run))
+        c = by_id[run_id]
+        members.append(
+            ExportMember(
+                run_id=source_run,
+                architecture=c.architecture,
+                image_size=c.image_size,
+                normalization=normalization_for(c.architecture),
+                weight=float(weight),
+                model_path=model_path,
+                scores={"val_macro_f1": c.score, "holdout_macro_f1": report.holdout_members.get(run_id, float("nan"))},
+            )
+        )
+    info = {
+        "experiment": exp.name,
+        "study": study,
+        "method": method,
+        "ensemble_run_id": ensemble_run,
+        "selected_runs": [c.run_id for c in by_id.values()],
+        "refit_of": {v: k for k, v in model_runs.items() if v and v != k},
+        "holdout": {
+            "ensemble_macro_f1": report.holdout_ensemble,
+            "best_single_macro_f1": report.holdout_best_single,
+            "ensemble_wins": report.ensemble_wins,
+        },
+    }
+    return write_export(out, members=members, class_names=_class_names(exp), info=info, force=force,
+                        register_name=register, tracking_uri=tracking_uri)
