@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._imports import tensorflow
+from .data.importer import decode_square
 from .errors import DataError, FlowerExpError
 
 FORMAT_VERSION = 1
@@ -324,40 +325,7 @@ def load_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarr
     """
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise FlowerExpError(f"image size must be a positive integer, got {size!r}")
-    return _resize(_decode_square(data, size, max_pixels), size)
-
-
-def _decode_square(data: bytes, largest: int, max_pixels: int) -> Any:
-    """The center square of ``data`` as an RGB PIL image (decoded at reduced scale when the
-    JPEG is much larger than ``largest``)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from .data.importer import _to_rgb
-
-    with warnings.catch_warnings():
-        # Our own max_pixels check refuses oversized images; Pillow's warning is noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))  # reads the header only
-            width, height = img.size
-            if width * height > max_pixels:
-                raise FlowerExpError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}")
-            img.draft("RGB", (largest, largest))  # JPEG: decode at a reduced scale when large
-            img.load()
-            img = _to_rgb(ImageOps.exif_transpose(img))
-        except FlowerExpError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise FlowerExpError(f"refused as a decompression bomb ({exc})") from None
-        except UnidentifiedImageError:
-            raise FlowerExpError("not an image (unrecognised format)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else ""
-            raise FlowerExpError(f"unreadable image ({type(exc).__name__}: {detail})") from None
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return img.crop((left, top, left + side, top + side))
+    return _resize(decode_square(data, size, max_pixels), size)
 
 
 def _resize(square: Any, size: int) -> np.ndarray:
@@ -548,7 +516,7 @@ def predict_payloads(
             errors.append(payload)
             continue
         try:
-            square = _decode_square(payload, max(sizes), max_pixels)
+            square = decode_square(payload, max(sizes), max_pixels)
             resized = {s: _resize(square, s) for s in sizes}
         except FlowerExpError as exc:
             errors.append(str(exc))

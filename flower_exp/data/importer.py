@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from . import records
@@ -300,36 +301,48 @@ class _Refused(Exception):
     pass
 
 
-def encode_sizes(data: bytes, sizes: Sequence[int], max_pixels: int, quality: int = 95) -> dict[int, bytes]:
-    """Center-crop ``data`` (JPEG/PNG bytes) to a square, resize to each size, encode JPEG.
-
-    The pixel count is checked from the header before any pixel is decoded.
-    """
+def decode_square(data: bytes, largest: int, max_pixels: int, formats: tuple[str, ...] | None = None) -> Any:
+    """The center square of ``data`` as an RGB PIL image (decoded at reduced scale when the
+    JPEG is much larger than ``largest``). The pixel count is checked from the header before
+    any pixel is decoded (decompression bombs); any refusal is a one-line :class:`DataError`."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = img.size
-        if width * height > max_pixels:
-            raise _Refused(f"{width}x{height} = {width * height} pixels exceeds max_pixels {max_pixels}")
-        if img.format not in ("JPEG", "PNG"):
-            raise _Refused(f"not a JPEG or PNG image ({img.format})")
-        img.draft("RGB", (max(sizes), max(sizes)))  # JPEG: decode at a reduced scale when it is large
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
-    except _Refused:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise _Refused(f"refused as a decompression bomb ({exc})") from None
-    except UnidentifiedImageError:
-        raise _Refused("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise _Refused(f"unreadable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    with warnings.catch_warnings():
+        # Our own max_pixels check refuses oversized images; Pillow's warning is noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))  # reads the header only
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DataError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} (max_pixels)")
+            if formats is not None and img.format not in formats:
+                raise DataError(f"not a {' or '.join(formats)} image ({img.format})")
+            img.draft("RGB", (largest, largest))  # JPEG: decode at a reduced scale when large
+            img.load()
+            img = _to_rgb(ImageOps.exif_transpose(img))
+        except DataError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"refused as a decompression bomb ({exc})") from None
+        except UnidentifiedImageError:
+            raise DataError("not an image (unrecognised format)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise DataError(f"unreadable image ({type(exc).__name__}: {detail})") from None
     width, height = img.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    square = img.crop((left, top, left + side, top + side))
+    return img.crop((left, top, left + side, top + side))
+
+
+def encode_sizes(data: bytes, sizes: Sequence[int], max_pixels: int, quality: int = 95) -> dict[int, bytes]:
+    """Center-crop ``data`` (JPEG/PNG bytes) to a square, resize to each size, encode JPEG."""
+    from PIL import Image
+
+    try:
+        square = decode_square(data, max(sizes), max_pixels, formats=("JPEG", "PNG"))
+    except DataError as exc:
+        raise _Refused(str(exc)) from None
     out = {}
     for size in sizes:
         resized = square.resize((size, size), Image.Resampling.LANCZOS)
