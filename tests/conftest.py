@@ -20,12 +20,23 @@ class CliResult:
     stderr: str
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_env():
+    """``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI`` into ``os.environ``, which
+    flower-exp honours: without this, one test's store would capture every later test's runs."""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 @pytest.fixture
 def cli(tmp_path):
     """Run ``flower-exp ARGS`` in a subprocess (cwd: a temp dir unless given)."""
 
     def run(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> CliResult:
-        full_env = {k: v for k, v in os.environ.items() if k != "GCS_DS_PATH"}
+        full_env = {k: v for k, v in os.environ.items() if k not in ("GCS_DS_PATH", "MLFLOW_TRACKING_URI")}
         full_env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200"})
         full_env.update(env or {})
         proc = subprocess.run(
