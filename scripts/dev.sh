@@ -24,7 +24,7 @@ install() {
   fi
   echo "installing flower-exp and its pinned dependencies into $VENV (first time: a few minutes, ~2.3 GB)" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev]'
+  "$VENV/bin/python" -m pip install --quiet -c requirements/constraints.txt -e '.[cpu,dev,bench]'
   touch "$STAMP"
 }
 
