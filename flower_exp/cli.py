@@ -308,11 +308,18 @@ def predict_command(
     top_n: Annotated[int, typer.Option("--top", help="Classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Predict image files, URLs or the test split with an exported ensemble."""
-    from .predictor import load_export, predict_sources, predict_test
+    """Predict image files, URLs or the test split with an exported ensemble.
+
+    With one image or URL, a bad input is the command's error (exit 2, one line). With
+    several, each bad one is reported on stderr, the others are predicted, and the exit
+    status is 1 if any was bad.
+    """
+    from .predictor import load_export, predict_payloads, predict_sources, predict_test, read_image
 
     if not test and not sources:
         raise FlowerExpError("nothing to predict: give image files/URLs or --test")
+    # A single input is read and checked before any model loads: a bad one fails fast.
+    single = read_image(sources[0]) if sources and len(sources) == 1 else None
     ensemble = load_export(str(export_dir))
     if test:
         root = data
@@ -327,7 +334,12 @@ def predict_command(
         else:
             out.print(f"wrote {path}" + (f"; test macro-F1 {score:.4f}" if score is not None else ""))
     if sources:
-        results = predict_sources(ensemble, list(sources), top=top_n, tta=tta)
+        if single is not None:
+            results = predict_payloads(ensemble, list(sources), [single], top=top_n, tta=tta)
+            if results[0].error:
+                raise FlowerExpError(f"{sources[0]}: {results[0].error}")
+        else:
+            results = predict_sources(ensemble, list(sources), top=top_n, tta=tta)
         if as_json:
             out.print_json(json.dumps([{"source": r.source, "error": r.error, "top": [{"class": c, "probability": p} for c, p in r.top]} for r in results]))
         else:
@@ -340,10 +352,35 @@ def predict_command(
             raise typer.Exit(1)
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def bind_warning(host: str) -> str | None:
+    """The warning for a server bound to ``host``; None for a loopback address."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    if loopback:
+        return None
+    return f"warning: binding to {host}: anyone who can reach this machine can read and change your runs"
+
+
+def ui_argv(mlflow_bin: str, target, host: str = LOOPBACK, port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line for ``target`` (a :class:`TrackingTarget`); the host is
+    always explicit, so MLflow's own default never decides what is exposed."""
+    command = [mlflow_bin, "ui", "--backend-store-uri", target.uri, "--host", host, "--port", str(port)]
+    if target.artifact_root:
+        command += ["--default-artifact-root", Path(target.artifact_root).as_uri()]
+    return command
+
+
 @app.command("ui")
 def ui_command(
     tracking_uri: TrackingOpt = None,
-    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your runs to the network.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your runs to the network.")] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:
     """Open the MLflow UI on this project's runs (http://127.0.0.1:5000 by default)."""
@@ -354,14 +391,13 @@ def ui_command(
     from .tracking import default_target, redact
 
     target = default_target(project_dir(find_config(state.config)), tracking_uri)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/yellow] binding to {escape(host)}: anyone who can reach this machine can read and change your runs")
+    warning = bind_warning(host)
+    if warning:
+        err.print(f"[yellow]{escape(warning)}[/yellow]")
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if mlflow_bin is None:
         raise FlowerExpError("the mlflow command is not installed; pip install mlflow")
-    command = [mlflow_bin, "ui", "--backend-store-uri", target.uri, "--host", host, "--port", str(port)]
-    if target.artifact_root:
-        command += ["--default-artifact-root", Path(target.artifact_root).as_uri()]
+    command = ui_argv(mlflow_bin, target, host, port)
     err.print(f"MLflow UI for {escape(redact(target.uri))} on http://{host}:{port} (Ctrl-C to stop)")
     # The UI needs no job runner (MLflow 3 starts ~8 extra processes, ~2 GB, for it).
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}

@@ -498,6 +498,17 @@ def read_source(source: str, fetch: Callable[[str], bytes] = fetch_image) -> byt
         raise FlowerExpError(f"{source}: cannot read ({exc.strerror or exc})") from None
 
 
+def read_image(source: str, fetch: Callable[[str], bytes] = fetch_image, max_pixels: int = MAX_PIXELS) -> bytes:
+    """The bytes of one image file or http(s) URL, checked to decode as an image (pixel count
+    first); anything else is a one-line :class:`FlowerExpError` naming ``source``."""
+    data = read_source(source, fetch)
+    try:
+        decode_square(data, 1, max_pixels)  # size 1: JPEGs decode at reduced scale, cheaply
+    except DataError as exc:
+        raise FlowerExpError(f"{source}: {exc}") from None
+    return data
+
+
 def predict_payloads(
     ens: LoadedEnsemble,
     names: Sequence[str],
