@@ -38,7 +38,8 @@ import math
 import numbers
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,45 @@ def split_files(root: str, split: str, image_size: int, extra: Sequence[DataSour
             size = records.source_size(source.root, image_size)
             files += [f for part in source.splits for f in records.shard_files(source.root, size, part)]
     return SplitFiles(split=split, files=files, count=records.count_records(files), stored_size=stored)
+
+
+@contextmanager
+def shard_errors_named(*splits: SplitFiles) -> Iterator[None]:
+    """Turn a TensorFlow read error of these splits into a :class:`DataError` naming the shard.
+
+    tf.data's errors (truncated record, missing feature, fewer records than the name says)
+    name no file. Only when one happens are the shards read again one by one (reading them
+    all before training would cost minutes on ``gs://``); an error no shard explains (e.g. a
+    label outside the class range) is raised unchanged.
+    """
+    tf = tensorflow()
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError) as exc:
+        found = find_bad_shard([f for s in splits for f in s.files], labeled={f: s.split != "test" for s in splits for f in s.files})
+        if found is None:
+            raise
+        raise found from exc
+
+
+def find_bad_shard(files: Sequence[str], labeled: dict[str, bool] | None = None) -> DataError | None:
+    """The first problem among ``files`` as a one-line :class:`DataError` naming the shard
+    (corrupt or truncated, not the competition schema, fewer or more records than its name
+    says), or None when every shard reads cleanly."""
+    for path in files:
+        read = 0
+        try:
+            for _index, record in records.iter_shard(path):
+                if (labeled or {}).get(path, True) and record.label is None:
+                    return DataError(f"{path}: record {read}: no class in a labeled split; expected class (int64)")
+                read += 1
+        except DataError as exc:
+            return DataError(f"{exc}; remove or replace the shard (flower-exp data inspect --skip-corrupt lists every problem)")
+        expected = records.count_from_name(path)
+        if read != expected:
+            kind = "an empty file" if read == 0 else f"{read} records"
+            return DataError(f"{path}: name says {expected} records but the shard holds {kind}; remove or rewrite it")
+    return None
 
 
 def steps_per_epoch(count: int, batch_size: int, drop_remainder: bool) -> int:
