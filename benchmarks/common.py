@@ -155,6 +155,25 @@ def md_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+def demo_data(sizes, per_class: int, classes: int = 6, shards: int = 4) -> str:
+    """Demo data at ``sizes`` px, generated once into a cache folder outside the repo.
+
+    ``$FLOWER_EXP_BENCH_CACHE`` picks the folder (default: the system temp dir).
+    """
+    import tempfile
+
+    from flower_exp.data.demo import generate_demo
+
+    base = Path(os.environ.get("FLOWER_EXP_BENCH_CACHE", Path(tempfile.gettempdir()) / "flower-exp-bench"))
+    root = base / f"demo-{'-'.join(map(str, sizes))}-c{classes}-p{per_class}-s{shards}"
+    if not (root / "classes.txt").exists():
+        log(f"generating demo data at {list(sizes)} px into {root}")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        generate_demo(str(root), classes=classes, per_class=per_class, sizes=tuple(sizes), seed=0, shards=shards,
+                      force=True)
+    return str(root)
+
+
 def log(msg: str) -> None:
     """Progress line on stderr (stdout carries the summary)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,248 @@
+"""Benchmark 2: harness overhead — a flower-exp trial vs a bare ``model.fit`` on the same work.
+
+Both variants train the same model (``train._compiled_model``: the configured CNN, Adam,
+sparse cross-entropy, accuracy) on the same tf.data pipelines (``train._training_data`` for
+training, ``pipeline.make_dataset("val")`` for validation) for the same epochs, in one process,
+alternating bare and harness runs. The bare script validates with ``model.fit(validation_data=...)``;
+the trial is ``train.run`` with MLflow logging, the full-validation macro-F1 callback, the LR
+scheduler, the NaN guard and a real Optuna pruning hook (report + should_prune). A wall-clock
+callback last in both callback lists measures each epoch end to end, validation included.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import demo_data, log, md_table, median, parse_args, write_result  # noqa: E402
+
+GOAL_RATIO = 1.05
+
+# Seconds spent in each hooked callback, summed per epoch number: {label: {epoch index: seconds}}.
+_COSTS: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+# The epoch the hooks now running belong to (the wall-clock callback, last, moves it on).
+_EPOCH = [0]
+
+
+def _timed(label: str, method):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _COSTS[label][_EPOCH[0]] += time.perf_counter() - start
+
+    return wrapper
+
+
+def instrument_callbacks() -> list[tuple[str, str]]:
+    """Time every hook the trial's callbacks override (class-level, so ``train.run`` builds
+    them as usual). Only methods a class already overrides are wrapped: wrapping a default
+    per-batch hook would switch Keras' asynchronous callback dispatch off and change what
+    is measured. Returns (label, what it does) rows."""
+    import keras
+
+    train = importlib.import_module("flower_exp.train")
+
+    hooks = [
+        (train._EpochTimer, ("on_epoch_begin", "on_epoch_end"), "epoch timer", "epoch time and images/s"),
+        (train._StopOnNonFinite, ("on_epoch_begin", "on_train_batch_end"), "NaN guard",
+         "reads the loss every batch (forces a sync per step)"),
+        (keras.callbacks.LearningRateScheduler, ("on_epoch_begin", "on_epoch_end"), "LR scheduler",
+         "sets the epoch's learning rate"),
+        (train._Validation, ("on_epoch_end",), "full-val macro-F1",
+         "predict on the whole val set, loss/accuracy/macro-F1, best weights kept"),
+        (train._Logger, ("on_epoch_end",), "MLflow logger + pruning hook",
+         "log_batch of the epoch metrics to MLflow, progress line, Optuna report/should_prune"),
+    ]
+    rows = []
+    for cls, methods, label, what in hooks:
+        for name in methods:
+            setattr(cls, name, _timed(label, getattr(cls, name)))
+        rows.append((label, what))
+    return rows
+
+
+def wall_clock():
+    """A callback recording when training starts and when each epoch's last callback ran."""
+    import keras
+
+    class Wall(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.marks = [time.perf_counter()]
+            _EPOCH[0] = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.marks.append(time.perf_counter())
+            _EPOCH[0] = epoch + 1
+
+        @property
+        def epoch_times(self) -> list[float]:
+            return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+    return Wall()
+
+
+def make_project(folder: Path, root: str, size: int, epochs: int) -> Path:
+    import yaml
+
+    exp = {
+        "data_dir": root, "image_size": size, "batch_size_per_replica": 32, "shuffle_buffer": 512,
+        "architecture": "cnn", "weights": "none", "cnn_width": 16, "cnn_depth": 3, "epochs": epochs,
+        "lr_rampup_epochs": 1, "lr_sustain_epochs": 1, "early_stopping_patience": 0,
+    }
+    (folder / "experiments.yaml").write_text(yaml.safe_dump({"default": "bench", "experiments": {"bench": exp}}))
+    return folder / "experiments.yaml"
+
+
+def run_bare(exp) -> list[float]:
+    """The bare script: same builder, same pipelines, plain ``model.fit`` with validation."""
+    import keras
+
+    train = importlib.import_module("flower_exp.train")
+    from flower_exp.data import pipeline
+    from flower_exp.data.dataset import open_data
+    from flower_exp.models import normalization_for
+
+    cfg = exp.config
+    data = open_data(exp, log=lambda _m: None)
+    acc, global_batch, schedule = train._setup(cfg, lambda _m: None)
+    files = pipeline.split_files(data.root, "train", cfg.image_size)
+    steps = pipeline.steps_per_epoch(files.count, global_batch, acc.drop_remainder)
+    normalization = normalization_for(cfg.architecture)
+    train_ds = train._training_data(data, "train", cfg, global_batch, acc, normalization)
+    val_ds = pipeline.make_dataset(data.root, "val", image_size=cfg.image_size, batch_size=global_batch,
+                                   normalization=normalization, num_classes=len(data.class_names))
+    model = train._compiled_model(cfg, acc, schedule, len(data.class_names))
+    wall = wall_clock()
+    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_ds, callbacks=[wall],
+              verbose=0, shuffle=False)
+    del model, train_ds, val_ds
+    keras.backend.clear_session()
+    return wall.epoch_times
+
+
+def run_harness(exp, tracker, storage_dir: Path, round_no: int) -> list[float]:
+    """A flower-exp trial: ``train.run`` with MLflow and a real Optuna pruning hook."""
+    import optuna
+
+    train = importlib.import_module("flower_exp.train")
+    from flower_exp.config import PrunerConfig
+    from flower_exp.study import make_pruner
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A fresh study per round: its only trial is never pruned, so every run trains all epochs.
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage_dir / f"study-{round_no}.log")))
+    study = optuna.create_study(storage=storage, direction="maximize",
+                                pruner=make_pruner(PrunerConfig(), exp.config.epochs))
+    trial = study.ask()
+
+    def hook(epoch: int, value: float) -> None:
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise train.Pruned(epoch, value)
+
+    wall = wall_clock()
+    result = train.run(exp, tracker=tracker, run_name=f"bench-{round_no}", pruning_hook=hook, progress=None,
+                       callbacks=[wall])
+    study.tell(trial, result.best_val_macro_f1)
+    return wall.epoch_times
+
+
+def main(argv=None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from flower_exp._imports import tensorflow
+
+    tensorflow()
+    from flower_exp.config import load_experiment
+    from flower_exp.tracking import Tracker, default_target
+
+    size, per_class, epochs, rounds = (32, 20, 2, 1) if args.smoke else (64, 200, 5, 4)
+    root = demo_data((size,), per_class)
+    described = instrument_callbacks()
+    bare_rounds, harness_rounds = [], []
+    with tempfile.TemporaryDirectory(prefix="flower-exp-overhead-") as tmp:
+        folder = Path(tmp)
+        exp = load_experiment("bench", make_project(folder, root, size, epochs))
+        tracker = Tracker(default_target(folder), "bench")
+        for r in range(rounds):
+            # Alternate which variant goes first so a burst of outside load hits both alike.
+            order = ("bare", "harness") if r % 2 == 0 else ("harness", "bare")
+            for variant in order:
+                if variant == "bare":
+                    bare_rounds.append(run_bare(exp))
+                else:
+                    harness_rounds.append(run_harness(exp, tracker, folder, r))
+                log(f"round {r + 1} {variant}: epochs " + " ".join(
+                    f"{t:.2f}" for t in (bare_rounds if variant == "bare" else harness_rounds)[-1]) + " s")
+
+    later = slice(1, None) if epochs > 1 else slice(None)
+    ratios = [median(h[later]) / median(b[later]) for b, h in zip(bare_rounds, harness_rounds)]
+    ratio = median(ratios)
+    bare_epoch = median(t for b in bare_rounds for t in b[later])
+    harness_epoch = median(t for h in harness_rounds for t in h[later])
+    first_bare = median(b[0] for b in bare_rounds)
+    first_harness = median(h[0] for h in harness_rounds)
+    later_epochs = sum(len(h[later]) for h in harness_rounds)
+
+    rows = [
+        ["epoch time after the first (median)", f"{bare_epoch:.3f} s", f"{harness_epoch:.3f} s",
+         f"{harness_epoch / bare_epoch:.3f}"],
+        ["first epoch (median; tracing included)", f"{first_bare:.3f} s", f"{first_harness:.3f} s",
+         f"{first_harness / first_bare:.3f}"],
+        ["ratio of medians, per round", "", "", " ".join(f"{x:.3f}" for x in ratios)],
+    ]
+    table = md_table(["", "bare model.fit", "flower-exp trial", "trial / bare"], rows)
+    cost_rows = []
+    for label, what in described:
+        first = 1 if epochs > 1 else 0
+        per_epoch = sum(t for e, t in _COSTS.get(label, {}).items() if e >= first) / max(1, later_epochs)
+        cost_rows.append([label, what, f"{per_epoch * 1000:.1f} ms",
+                          f"{100 * per_epoch / harness_epoch:.1f}%" if harness_epoch else ""])
+    table += "\n\nPer-epoch cost of each harness callback (time inside its hooks, mean over the trial epochs after the first):\n\n"
+    table += md_table(["callback", "what it does", "per epoch", "share of an epoch"], cost_rows)
+
+    measured = (f"trial/bare epoch time {ratio:.3f} after the first epoch (median of {rounds} interleaved "
+                f"rounds x {epochs} epochs; {bare_epoch:.2f} s vs {harness_epoch:.2f} s)")
+    notes = (
+        f"Method: demo data at {size} px (6 classes, {per_class} images per class), CNN width 16, depth 3, "
+        f"batch 32, {epochs} epochs per run, {rounds} rounds alternating bare/trial order. Both variants "
+        "build the model with `flower_exp.train._compiled_model` and the data with the same "
+        "`flower_exp.data.pipeline.make_dataset` calls a trial makes, so only the harness differs. "
+        "Epoch time is wall time from one epoch's end (after every callback) to the next, so the "
+        "bare run's Keras validation pass and the trial's macro-F1 pass both count. The first epoch "
+        "(graph tracing, filling the validation cache) is reported apart. Callback costs come from "
+        "timing wrappers around the hooks each callback class overrides."
+    )
+    if ratio > GOAL_RATIO and not args.smoke:
+        top = max(cost_rows, key=lambda row: float(row[2].split()[0]))
+        notes += (f"\n\nGoal missed ({ratio:.3f} > {GOAL_RATIO}). The costliest callback is **{top[0]}** "
+                  f"({top[2]} per epoch).")
+    path = write_result(
+        args.out,
+        name="overhead",
+        title="Harness overhead vs bare model.fit",
+        goal=f"trial epoch time <= {GOAL_RATIO} x a bare model.fit's, after the first epoch",
+        goal_met=None if args.smoke else bool(ratio <= GOAL_RATIO),
+        measured=measured,
+        smoke=args.smoke,
+        table_md=table,
+        notes_md=notes,
+    )
+    print(f"{measured}\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
