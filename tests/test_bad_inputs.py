@@ -1,0 +1,449 @@
+"""Bad inputs through the real CLI: exit 2, one error line, and nothing written.
+
+"Nothing written" is checked on the whole project folder (no ``mlruns/``: no Optuna study, no
+MLflow run), the export folder and the working folder. Cases already proven elsewhere
+without the "nothing written" part are repeated here only where that part matters; see
+docs/reliability.md for the map. Also here: corrupt data under ``train``/``sweep`` (fault 7)
+and two processes exporting to the same folder (fault 9).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import shutil
+import struct
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import assert_one_line_error
+
+TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 32, "architecture": "cnn",
+        "cnn_width": 4, "cnn_depth": 1, "epochs": 1, "lr_rampup_epochs": 0, "lr_sustain_epochs": 0}
+SWEEP = {"trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": {"name": "none"},
+         "params": {"lr_max": {"low": 1.0e-3, "high": 5.0e-3, "log": True}}, "fixed": {"epochs": 1}}
+CLASSES = ["c0", "c1", "c2", "c3"]  # the demo_root fixture's 4 classes
+
+
+def tree(*folders: Path) -> set[str]:
+    """Every file and folder under ``folders`` (with sizes: a rewritten file counts too)."""
+    out = set()
+    for folder in folders:
+        for path in folder.rglob("*"):
+            out.add(f"{path}:{path.stat().st_size if path.is_file() else 'dir'}")
+    return out
+
+
+def write_project(folder: Path, data_dir: str, experiment: dict | None = None, sweep: dict | None = None) -> Path:
+    folder.mkdir(exist_ok=True)
+    config = {"default": "tiny", "experiments": {"tiny": {"data_dir": data_dir, **TINY, **(experiment or {})}}}
+    (folder / "experiments.yaml").write_text(yaml.safe_dump(config))
+    (folder / "sweeps").mkdir(exist_ok=True)
+    (folder / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump({**SWEEP, **(sweep or {})}, sort_keys=False))
+    return folder
+
+
+# --------------------------------------------------------------------------- config, sweep, storage
+
+# name: (experiments.yaml text or None for the tiny one, sweep file text or None, extra argv, error fragment)
+SWEEP_CASES = {
+    "malformed_yaml": ("experiments:\n  tiny: [unclosed\n", None, [], "malformed YAML"),
+    "unknown_key": ({"epochz": 2}, None, [], "experiments.tiny.epochz: unknown key"),
+    "unknown_key_in_file": ({"augment": {"flipp": True}}, None, [], "experiments.tiny.augment.flipp: unknown key"),
+    "wrong_type": ({"image_size": "big"}, None, [], "experiments.tiny.image_size: Input should be a valid integer"),
+    "zero_epochs": ({"epochs": 0}, None, [], "experiments.tiny.epochs: Input should be greater than 0"),
+    "negative_epochs": ({"epochs": -3}, None, [], "experiments.tiny.epochs: Input should be greater than 0"),
+    "image_size_zero": ({"image_size": 0}, None, [], "experiments.tiny.image_size: Input should be greater than 0"),
+    "epochs_range_zero": (None, "params: {epochs: {low: 0, high: 2}}\n", [], "params.epochs: value 0 is invalid"),
+    "empty_search_space": (None, "params: {}\n", [], "params:"),
+    "low_above_high": (None, "params: {lr_max: {low: 1.0, high: 0.1}}\n", [], "params.lr_max: low > high"),
+    "unknown_architecture": ({"architecture": "resnet9000"}, None, [], "architecture"),
+    "unknown_sampler": (None, "sampler: {name: cmaes}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown sampler 'cmaes'"),
+    "unknown_pruner": (None, "pruner: {name: asha}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown pruner 'asha'"),
+    "unknown_strategy": ({"strategy": "quantum"}, None, [], "strategy"),
+    "unknown_experiment": (None, None, ["-e", "nope"], "experiments.nope: unknown experiment; allowed: tiny"),
+    "storage_bad_scheme": (None, None, ["--storage", "redis://bob:hunter2@127.0.0.1/0"], "unknown scheme 'redis'"),
+    # Port 1 on loopback refuses at once; a dropping host is bounded by connect_timeout.
+    "storage_unreachable": (None, None, ["--storage", "postgresql://bob:hunter2@127.0.0.1:1/optuna"],
+                            "Optuna storage postgresql://bob:***@127.0.0.1:1/optuna: unavailable"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_sweep_bad_input_exits_2_and_writes_nothing(cli, tmp_path, demo_root, case):
+    experiment, sweep_text, argv, fragment = SWEEP_CASES[case]
+    project = write_project(tmp_path / "p", demo_root, experiment if isinstance(experiment, dict) else None)
+    if isinstance(experiment, str):
+        (project / "experiments.yaml").write_text(experiment)
+    sweep = "tiny"
+    if sweep_text is not None:
+        (project / "sweeps" / "bad.yaml").write_text(sweep_text)
+        sweep = "bad"
+    before = tree(project)
+    result = cli("sweep", "-s", sweep, "--trials", "1", *argv, cwd=project, timeout=120)
+    assert_one_line_error(result, fragment)
+    assert "hunter2" not in result.stderr + result.stdout
+    assert tree(project) == before  # no mlruns/: no study, no MLflow run, no journal
+
+
+def test_train_bad_input_writes_nothing(cli, tmp_path, demo_root):
+    project = write_project(tmp_path / "p", demo_root)
+    before = tree(project)
+    assert_one_line_error(cli("train", "--set", "epochs=0", cwd=project), "epochs: Input should be greater than 0")
+    assert_one_line_error(cli("train", "-e", "nope", cwd=project), "experiments.nope: unknown experiment")
+    assert tree(project) == before
+
+
+def test_export_dir_that_is_a_file(cli, tmp_path, demo_root):
+    project = write_project(tmp_path / "p", demo_root)
+    target = project / "exports"
+    target.write_text("keep me")
+    before = tree(project)
+    for force in ([], ["--force"]):
+        result = cli("best", "--export", str(target), *force, cwd=project)
+        assert_one_line_error(result, f"{target}: exists and is not a folder")
+    assert target.read_text() == "keep me"
+    assert tree(project) == before  # refused before any MLflow store or ensemble run exists
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def jpeg_bytes(size: int = 40) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size + 10), (200, 30, 90)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def png_bomb(side: int = 100_000) -> bytes:
+    """A PNG whose header claims ``side`` x ``side`` pixels with a tiny body."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, code: int, body: bytes, content_type: str, length: int | None = None, location: str | None = None):
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        if location:
+            self.send_header("Location", location)
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client hung up, as it should for some routes
+            pass
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        routes = {
+            "/flower.jpg": lambda: self._send(200, jpeg_bytes(), "image/jpeg"),
+            "/to-file": lambda: self._send(302, b"", "text/plain", location="file:///etc/passwd"),
+            "/to-ftp": lambda: self._send(301, b"", "text/plain", location="ftp://127.0.0.1/x.jpg"),
+            "/ten-gb": lambda: self._send(200, b"x" * 100, "image/jpeg", length=10 * 2**30),
+            "/bomb.png": lambda: self._send(200, png_bomb(), "image/png"),
+            "/text.jpg": lambda: self._send(200, b"<html>not an image</html>", "image/jpeg"),
+        }
+        routes.get(self.path, lambda: self._send(404, b"not found", "text/plain"))()
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """A one-member export (untrained 32 px cnn)."""
+    from flower_exp import models
+    from flower_exp.export import ExportMember, write_export
+
+    folder = tmp_path_factory.mktemp("bad-inputs-model")
+    model = models.create_model("cnn", num_classes=len(CLASSES), image_size=32, cnn_width=4, cnn_depth=1)
+    model.save(folder / "m.keras")
+    out = tmp_path_factory.mktemp("bad-inputs-export") / "exp"
+    write_export(str(out), members=[ExportMember("m1", "cnn", 32, "unit", 1.0, str(folder / "m.keras"), {})],
+                 class_names=CLASSES, info={"experiment": "demo"}, verify=False)
+    return out
+
+
+def _local_file(folder: Path, name: str) -> str:
+    path = folder / name
+    if name == "notes.jpg":
+        path.write_text("this is text, not a JPEG")
+    elif name == "bomb.png":
+        path.write_bytes(png_bomb())
+    return str(path)
+
+
+# name: (source; "{server}" is the local http server, "local:NAME" a file made in the work folder, fragment)
+PREDICT_CASES = {
+    "file_url": ("file:///etc/passwd", "unsupported URL scheme file:// (http/https only)"),
+    "ftp_url": ("ftp://127.0.0.1/x.jpg", "unsupported URL scheme ftp:// (http/https only)"),
+    "redirect_to_file": ("{server}/to-file", "redirect to file:///etc/passwd refused (http/https only)"),
+    "redirect_to_ftp": ("{server}/to-ftp", "redirect to ftp://127.0.0.1/x.jpg refused (http/https only)"),
+    "ten_gb_content_length": ("{server}/ten-gb", "10737418240 bytes is above the limit of 20971520 bytes; not downloaded"),
+    "png_bomb_url": ("{server}/bomb.png", "refused as a decompression bomb"),
+    "png_bomb_file": ("local:bomb.png", "refused as a decompression bomb"),
+    "text_named_jpg": ("local:notes.jpg", "not an image (unrecognised format)"),
+    "text_url_named_jpg": ("{server}/text.jpg", "not an image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PREDICT_CASES))
+def test_predict_single_bad_input(cli, tmp_path, server, export_dir, case):
+    source, fragment = PREDICT_CASES[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    if source.startswith("local:"):
+        source = _local_file(work, source.removeprefix("local:"))
+    source = source.format(server=server)
+    before = tree(work, export_dir)
+    result = cli("predict", str(export_dir), source, cwd=work, timeout=120)
+    assert_one_line_error(result, source, fragment)
+    assert tree(work, export_dir) == before
+
+
+def test_predict_several_inputs_reports_bad_ones_and_predicts_the_rest(cli, tmp_path, server, export_dir):
+    work = tmp_path / "work"
+    work.mkdir()
+    good = work / "flower.jpg"
+    good.write_bytes(jpeg_bytes())
+    sources = [str(good), _local_file(work, "notes.jpg"), "file:///etc/passwd", f"{server}/flower.jpg"]
+    before = tree(work, export_dir)
+    result = cli("predict", str(export_dir), *sources, "--top", "2", cwd=work, timeout=120)
+    assert result.returncode == 1, result.stderr
+    predicted = [line.split(": ")[0] for line in result.stdout.splitlines() if line.strip()]
+    assert predicted == [sources[0], sources[3]]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert errors == [f"{sources[1]}: not an image (unrecognised format)",
+                      f"{sources[2]}: unsupported URL scheme file:// (http/https only)"]
+    assert tree(work, export_dir) == before
+
+
+def _tampered(export_dir: Path, tmp_path: Path, change) -> Path:
+    folder = tmp_path / "tampered"
+    shutil.copytree(export_dir, folder)
+    doc = json.loads((folder / "ensemble.json").read_text())
+    change(doc, folder)
+    (folder / "ensemble.json").write_text(json.dumps(doc))
+    return folder
+
+
+def _lambda_member(doc: dict, folder: Path) -> None:
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x)).save(folder / doc["members"][0]["path"])
+
+
+TAMPERED = {
+    "path_traversal": (lambda d, f: d["members"][0].update(path="../../outside.keras"), "leaves the export folder"),
+    "absolute_path": (lambda d, f: d["members"][0].update(path="/etc/passwd"), "is absolute; it must be relative"),
+    "unknown_top_key": (lambda d, f: d.update(colour="red"), "colour: Extra inputs are not permitted"),
+    "unknown_member_key": (lambda d, f: d["members"][0].update(shape="round"), "members.0.shape: Extra inputs are not permitted"),
+    "lambda_layer": (_lambda_member, "cannot load model safely"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_predict_refuses_tampered_export(cli, tmp_path, export_dir, case):
+    change, fragment = TAMPERED[case]
+    folder = _tampered(export_dir, tmp_path, change)
+    image = tmp_path / "flower.jpg"
+    image.write_bytes(jpeg_bytes())
+    before = tree(tmp_path)
+    result = cli("predict", str(folder), str(image), cwd=tmp_path, timeout=120)
+    assert_one_line_error(result, fragment)
+    assert tree(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- fault 7: corrupt data
+
+
+@pytest.fixture
+def data_copy(tmp_path, demo_root) -> Path:
+    """A private copy of the demo data's 32 px shards, to damage."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root, ignore=shutil.ignore_patterns("tfrecords-jpeg-64x64"))
+    return root
+
+
+def _first_train_shard(root: Path) -> Path:
+    return sorted((root / "tfrecords-jpeg-32x32" / "train").glob("*.tfrec"))[0]
+
+
+def _truncate(root: Path) -> Path:
+    shard = _first_train_shard(root)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    return shard
+
+
+def _zero_bytes(root: Path) -> Path:
+    shard = _first_train_shard(root)
+    shard.write_bytes(b"")
+    return shard
+
+
+def _wrong_schema(root: Path) -> Path:
+    """Records keyed ``label`` instead of ``class`` (another notebook's layout), same file name."""
+    import tensorflow as tf
+
+    shard = _first_train_shard(root)
+    count = int(shard.stem.rsplit("-", 1)[1])
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for i in range(count):
+            feature = {
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg_bytes(32)])),
+                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"x{i}".encode()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return shard
+
+
+def _runs(project: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    db = project / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def assert_error_last_line(result, *fragments: str) -> None:
+    """Exit 2 and the run's last stderr line is the one-line error (progress lines may precede it)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in last, (fragment, last)
+
+
+def test_cli_train_on_truncated_shard_names_the_file(cli, tmp_path, data_copy):
+    shard = _truncate(data_copy)
+    project = write_project(tmp_path / "p", str(data_copy))
+    result = cli("train", "-q", cwd=project, timeout=180)
+    assert_error_last_line(result, str(shard), "record ", "corrupt or truncated shard")
+    runs = _runs(project)
+    assert [r.info.status for r in runs] == ["FAILED"]  # the run exists, marked FAILED, no model
+    assert str(shard) in runs[0].data.tags["flower_exp.error"]
+
+
+@pytest.mark.parametrize(
+    "damage,fragment",
+    [
+        (_zero_bytes, "records but the shard holds an empty file"),
+        (_wrong_schema, "record 0: no class in a labeled split"),
+    ],
+    ids=["zero_bytes", "wrong_schema"],
+)
+def test_train_on_damaged_shard_names_the_file(tmp_path, data_copy, damage, fragment):
+    from flower_exp.config import load_experiment
+    from flower_exp.errors import DataError
+    from flower_exp.train import run
+
+    shard = damage(data_copy)
+    project = write_project(tmp_path / "p", str(data_copy))
+    with pytest.raises(DataError) as exc:
+        run(load_experiment(config=project / "experiments.yaml"), progress=None)
+    assert str(exc.value).startswith(f"{shard}: ") and fragment in str(exc.value) and "\n" not in str(exc.value)
+    assert [r.info.status for r in _runs(project)] == ["FAILED"]
+
+
+def test_sweep_on_truncated_shard_stops_naming_the_file(tmp_path, data_copy):
+    import optuna
+
+    from flower_exp.errors import DataError
+    from flower_exp.study import run_sweep
+
+    shard = _truncate(data_copy)
+    project = write_project(tmp_path / "p", str(data_copy), sweep={"trials": 3})
+    with pytest.raises(DataError, match="corrupt or truncated shard") as exc:
+        run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None)
+    assert str(exc.value).startswith(f"{shard}: ")
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(project / "mlruns" / "optuna" / "journal.log")))
+    trials = optuna.load_study(study_name="tiny-tiny", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL"]  # stopped at the first trial, not after 3
+    assert not [r for r in _runs(project) if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags]
+
+
+def test_missing_split_names_the_folder(tmp_path, data_copy):
+    from flower_exp.config import load_experiment
+    from flower_exp.errors import DataError
+    from flower_exp.train import run
+
+    shutil.rmtree(data_copy / "tfrecords-jpeg-32x32" / "val")
+    project = write_project(tmp_path / "p", str(data_copy))
+    before = tree(project)
+    with pytest.raises(DataError, match=r"tfrecords-jpeg-32x32/val: no \.tfrec shards \(split 'val' missing\)"):
+        run(load_experiment(config=project / "experiments.yaml"), progress=None)
+    assert tree(project) == before  # refused before a run exists
+
+
+# --------------------------------------------------------------------------- fault 9: two exporting processes
+
+
+def _export_process(out: str, model_path: str, run_id: str, barrier, results) -> None:
+    from flower_exp import export as export_mod
+    from flower_exp.errors import FlowerExpError
+
+    real_commit = export_mod._commit
+
+    def commit_together(tmp, target, force):
+        barrier.wait()  # both folders complete, both past the up-front check: commit at once
+        return real_commit(tmp, target, force)
+
+    export_mod._commit = commit_together
+    member = export_mod.ExportMember(run_id, "cnn", 32, "unit", 1.0, model_path, {})
+    try:
+        results.put((run_id, export_mod.write_export(out, members=[member], class_names=CLASSES, info={}, verify=False)))
+    except FlowerExpError as exc:
+        results.put((run_id, f"refused: {exc}"))
+
+
+def test_two_processes_export_to_one_folder_exactly_one_wins(tmp_path, export_dir):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2, timeout=120), context.Queue()
+    out = tmp_path / "exp"
+    model = str(export_dir / "members" / "m1.keras")
+    procs = [context.Process(target=_export_process, args=(str(out), model, r, barrier, results)) for r in ("runa", "runb")]
+    for proc in procs:
+        proc.start()
+    outcome = dict(results.get(timeout=180) for _ in procs)
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    wins = [r for r, v in outcome.items() if v == str(out)]
+    losses = [v for v in outcome.values() if v.startswith("refused: ")]
+    assert len(wins) == 1 and len(losses) == 1, outcome
+    assert "already exists" in losses[0]
+    doc = json.loads((out / "ensemble.json").read_text())
+    assert [m["run_id"] for m in doc["members"]] == wins
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # the loser left no temp folder
