@@ -113,6 +113,8 @@ def run_best(
         raise FlowerExpError(f"--method {method!r}: unknown; allowed: {', '.join(METHODS)}")
     if top < 1:
         raise FlowerExpError(f"--top {top}: must be >= 1")
+    if export is not None and Path(export).exists() and not Path(export).is_dir():
+        raise FlowerExpError(f"{export}: exists and is not a folder; remove it or choose another path")  # even with --force
     if export is not None and Path(export).exists() and not force:
         # Checked up front: refusing after minutes of refitting would waste them.
         raise FlowerExpError(f"{export}: already exists; pass --force to replace it")

@@ -131,7 +131,8 @@ def run(
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
-        return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
+        with pipeline.shard_errors_named(train_files, val_files):
+            return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 
 def refit(
