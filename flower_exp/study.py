@@ -138,16 +138,22 @@ def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None
         raise FlowerExpError(
             f"--storage {redact(url)}: unknown scheme {scheme!r}; allowed: a journal file path, sqlite:///, postgresql://, mysql://"
         )
+    engine_kwargs: dict[str, Any] | None = None
+    if scheme != "sqlite":
+        engine_kwargs = {"pool_pre_ping": True}
+    if scheme == "postgresql":
+        # Fail fast on a host that drops packets (libpq would wait for the OS TCP timeout).
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url,
+                    _with_installed_driver(url),
                     heartbeat_interval=heartbeat.interval_s,
                     grace_period=heartbeat.grace_s,
                     heartbeat_stale_trial_callback=on_stale,
-                    engine_kwargs={"pool_pre_ping": True} if scheme != "sqlite" else None,
+                    engine_kwargs=engine_kwargs,
                 )
         except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -157,6 +163,17 @@ def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None
                 time.sleep(1 + attempt)
                 continue
             raise FlowerExpError(f"Optuna storage {redact(url)}: unavailable ({redact(first)})") from None
+
+
+def _with_installed_driver(url: str) -> str:
+    """``postgresql://`` means psycopg 3 to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://") :]
+    return url
 
 
 def _journal_with_heartbeat():
@@ -327,10 +344,11 @@ def run_sweep(
         raise FlowerExpError(f"--trials {total}: must be >= 1")
     name = study_name or f"{exp.name}-{sweep_path.stem}"
     storage_url = storage or default_storage_url(config_path)
-    tracking = default_target(project_dir(config_path), tracking_uri)
-    tracker = Tracker(tracking, exp.name)
-    on_stale = StaleTrialHandler(tracking, exp.name, sweep_cfg.heartbeat.max_retry)
+    # The storage first: a bad or unreachable one must fail before anything is written.
+    on_stale = StaleTrialHandler(None, exp.name, sweep_cfg.heartbeat.max_retry)
     store = open_storage(storage_url, sweep_cfg.heartbeat, on_stale)
+    tracking = on_stale.tracking = default_target(project_dir(config_path), tracking_uri)
+    tracker = Tracker(tracking, exp.name)
 
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
     if name in existing and new:
