@@ -17,9 +17,12 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +42,8 @@ from .config import (
     project_dir,
     resolve,
 )
-from .errors import FlowerExpError
-from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, TrackingTarget, default_target, redact
+from .errors import DataError, FlowerExpError
+from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, RecordingFailed, Tracker, TrackingTarget, default_target, redact
 
 TAG_SWEEP = TAG_PREFIX + "sweep"
 TAG_STUDY = TAG_PREFIX + "study"
@@ -50,6 +53,10 @@ ATTR_RUN = "mlflow_run_id"
 ATTR_FAIL = "fail_reason"
 ATTR_ENQUEUED = "flower_exp_enqueued"
 ATTR_RETRY_OF = "retry_of_trial"
+# A trial whose result could not be recorded (tracking server down, disk full): FAILED but not
+# counted against the budget, and queued again with the same params.
+ATTR_NOT_RECORDED = "recording_error"
+ATTR_UNRECORDED_RUN = "unrecorded_run_id"
 HEARTBEAT_ATTR = "flower_exp:heartbeat"
 DEFAULT_SWEEP = "demo"
 # A sweep whose every trial fails (broken data, missing weights) stops instead of burning budget.
@@ -398,15 +405,16 @@ def run_sweep(
         deadline=time.time() + 60 * (timeout_min or sweep_cfg.timeout_min) if (timeout_min or sweep_cfg.timeout_min) else None,
         quiet=quiet,
     )
-    try:
-        if workers == 1:
-            run_worker(spec, study=study, exp=exp, sweep_cfg=sweep_cfg, tracker=tracker, log=log, on_event=on_event)
-        else:
-            _run_processes(spec, workers, log)
-    except KeyboardInterrupt:
-        tracker.set_tags(parent, {TAG_STATE: "killed"})
-        tracker.end(parent, "KILLED")
-        raise
+    with interrupt_once():
+        try:
+            if workers == 1:
+                run_worker(spec, study=study, exp=exp, sweep_cfg=sweep_cfg, tracker=tracker, log=log, on_event=on_event)
+            else:
+                _run_processes(spec, workers, log)
+        except KeyboardInterrupt:
+            tracker.set_tags(parent, {TAG_STATE: "killed"})
+            tracker.end(parent, "KILLED")
+            raise
     study = optuna.load_study(study_name=name, storage=store)
     _finish_parent(study, tracker, parent, total, log)
     return SweepResult(
@@ -448,6 +456,15 @@ def run_worker(
         )
     prefix = f"[worker {spec.worker}] " if spec.worker else ""
     objective = _Objective(spec, exp, sweep_cfg, tracker, lambda m: log(prefix + m), on_event or (lambda _e: None))
+    with interrupt_once():
+        _worker_loop(spec, study, objective, log, prefix, poll_s=sweep_cfg.heartbeat.interval_s)
+
+
+def _worker_loop(
+    spec: SweepSpec, study: Any, objective: _Objective, log: Callable[[str], None], prefix: str, poll_s: float
+) -> None:
+    import optuna
+
     while True:
         # Dead workers' trials would otherwise count as running until some trial starts.
         with warnings.catch_warnings():
@@ -458,8 +475,15 @@ def run_worker(
             return
         counts = _count(study)
         if counts["waiting"] == 0 and counts["finished"] + counts["running"] + counts["failed_counted"] >= spec.total_trials:
-            return
+            if counts["running"] == 0 or counts["finished"] + counts["failed_counted"] >= spec.total_trials:
+                return
+            # The budget is spoken for by trials running elsewhere; wait for them, so that if
+            # their worker dies this one retries the trial instead of leaving the study short.
+            time.sleep(poll_s)
+            continue
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[objective.after_trial], gc_after_trial=True)
+        if objective.stop is not None:
+            raise objective.stop  # the next trial could not be recorded either
         if objective.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             last = study.get_trials(deepcopy=False)[-1].user_attrs.get(ATTR_FAIL, "unknown error")
             raise FlowerExpError(
@@ -467,10 +491,36 @@ def run_worker(
             )
 
 
+@contextmanager
+def interrupt_once() -> Iterator[None]:
+    """Ctrl-C stops the sweep (KeyboardInterrupt); further Ctrl-Cs while the interrupted trial,
+    its MLflow run and the parent run are being marked are ignored, so an impatient second
+    press cannot leave them half-written. A SIGINT the caller ignores (``nohup``, ``&``)
+    stays ignored; the previous handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def again(_signum, _frame) -> None:
+        # A signal handler must not print(): it may interrupt a print of the main thread.
+        os.write(2, b"still stopping: marking the interrupted trial and runs\n")
+
+    def first(_signum, _frame) -> None:
+        signal.signal(signal.SIGINT, again)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class _Objective:
     def __init__(self, spec: SweepSpec, exp: ResolvedExperiment, sweep_cfg: SweepConfig, tracker: Tracker, log, emit):
         self.spec, self.exp, self.sweep_cfg, self.tracker, self.log, self.emit = spec, exp, sweep_cfg, tracker, log, emit
         self.consecutive_failures = 0
+        self.stop: FlowerExpError | None = None
 
     def __call__(self, trial) -> float:
         try:
@@ -478,17 +528,38 @@ class _Objective:
         except Exception as exc:
             import optuna
 
-            if not isinstance(exc, optuna.TrialPruned):
+            if isinstance(exc, RecordingFailed):
+                self._requeue_unrecorded(trial, exc)
+            elif not isinstance(exc, optuna.TrialPruned):
                 # Marks the failure as the trial's own (it uses up budget; a dead worker's does not).
                 trial.set_user_attr(ATTR_FAIL, f"{type(exc).__name__}: {exc}"[:1000])
                 self.log(f"trial {trial.number} failed: {type(exc).__name__}: {exc}")
                 self.consecutive_failures += 1
+                if isinstance(exc, DataError):
+                    self.stop = exc  # every trial reads the same shards: stop, naming the file
             raise
+
+    def _requeue_unrecorded(self, trial, exc: RecordingFailed) -> None:
+        """FAILED with the reason, the same params queued again (not counted as budget used)."""
+        trial.set_user_attr(ATTR_NOT_RECORDED, str(exc)[:1000])
+        attrs = {ATTR_RETRY_OF: trial.user_attrs.get(ATTR_RETRY_OF, trial.number)}
+        if trial.user_attrs.get(ATTR_RUN):
+            attrs[ATTR_UNRECORDED_RUN] = trial.user_attrs[ATTR_RUN]
+        trial.study.enqueue_trial(trial.params, user_attrs=attrs)
+        self.stop = FlowerExpError(
+            f"trial {trial.number}: result not recorded, marked FAILED and queued again; "
+            f"rerun the same command once fixed: {exc}"
+        )
+        self.log(f"trial {trial.number} failed: {exc}")
 
     def _run(self, trial) -> float:
         import optuna
 
         from .train import Pruned, run
+
+        orphan = trial.user_attrs.get(ATTR_UNRECORDED_RUN)
+        if orphan:
+            self.tracker.close_orphan(orphan, f"result not recorded; re-run as trial {trial.number}")
 
         values = suggest(trial, self.sweep_cfg.params, self.sweep_cfg.fixed)
         cfg: ExperimentConfig = apply_values(

@@ -1,0 +1,272 @@
+"""Fault injection on real sweep processes: Ctrl-C (once and twice, one process and two workers),
+SIGKILL of one of two workers (journal file and PostgreSQL), a NaN trial inside a sweep, and a
+smoke run of the soak script (scripts/soak.py). A SIGKILLed single-worker sweep resumed by a
+rerun is tests/test_sweep_distributed.py::test_sigkilled_trial_is_failed_and_retried_on_rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flower_exp.study import ATTR_FAIL, ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
+from flower_exp.tracking import TAG_ERROR, TAG_KIND, TAG_STATE
+from test_sweep_distributed import STUDY, TINY, _journal_study, _local_client, _runs, _start, _stop
+
+REPO = Path(__file__).resolve().parents[1]
+GRACE_S = 4
+# Long enough (in epochs) that a signal sent after "epoch 1/N" lands inside the trial.
+LONG_EPOCHS = 25
+MID_EPOCHS = 16
+
+
+def _sweep(epochs: int, trials: int = 2, **extra) -> dict:
+    return {
+        "trials": trials,
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "heartbeat": {"interval_s": 1, "grace_s": GRACE_S, "max_retry": 2},
+        "params": {"lr_max": {"low": 1.0e-3, "high": 5.0e-3, "log": True}, "cnn_width": {"choices": [4, 8]}},
+        "fixed": {"epochs": epochs},
+        **extra,
+    }
+
+
+def _project(root: Path, demo_root: str, sweep: dict) -> Path:
+    # No early stopping: a trial lasts all its epochs, which keeps it killable.
+    config = {"default": "tiny", "experiments": {"tiny": {"data_dir": demo_root, **TINY, "early_stopping_patience": 1000}}}
+    (root / "experiments.yaml").write_text(yaml.safe_dump(config))
+    (root / "sweeps").mkdir(exist_ok=True)
+    (root / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return root
+
+
+def _wait_for(pattern: str, *files: Path, proc: subprocess.Popen, timeout: float = 300) -> re.Match:
+    """Until ``pattern`` appears in one of ``files`` (the process's output)."""
+    regex = re.compile(pattern, re.M)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = "".join(f.read_text() for f in files if f.exists())
+        found = regex.search(text)
+        if found:
+            return found
+        assert proc.poll() is None, f"exited {proc.returncode} before {pattern!r}:\n{text[-3000:]}"
+        assert time.monotonic() < deadline, f"no {pattern!r} yet:\n{text[-3000:]}"
+        time.sleep(0.05)
+
+
+def _wait_mid_trial(prefix: str, log: Path, proc: subprocess.Popen, epochs: int, timeout: float = 300) -> int:
+    """Until the newest trial in ``log`` (lines starting with ``prefix``) is in its first half
+    of epochs and not ended; returns its number."""
+    line = re.compile(rf"^{re.escape(prefix)}trial (\d+): epoch (\d+)/{epochs}\b", re.M)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text() if log.exists() else ""
+        found = line.findall(text)
+        if found:
+            number, epoch = found[-1]
+            ended = re.search(rf"^{re.escape(prefix)}trial {number} (complete|failed|pruned)", text, re.M)
+            if int(epoch) <= epochs // 2 and not ended:
+                return int(number)
+        assert proc.poll() is None, f"exited {proc.returncode} first:\n{text[-3000:]}"
+        assert time.monotonic() < deadline, f"no trial in its first epochs:\n{text[-3000:]}"
+        time.sleep(0.05)
+
+
+def _wait_exit(proc: subprocess.Popen, bound_s: float = 60) -> int:
+    """The exit status, which must come before a generous bound (not a timing assertion)."""
+    try:
+        return proc.wait(timeout=bound_s)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"still running {bound_s} s after the signal")
+
+
+def _check_interrupted(project: Path, numbers: set[int]) -> None:
+    """Trials ``numbers`` FAIL (not counted against the budget), their runs and the parent
+    KILLED, nothing left RUNNING, and the journal still reads."""
+    study = _journal_study(project)  # raises if the journal were half-written
+    trials = study.get_trials(deepcopy=False)
+    assert {t.number for t in trials if t.state.name == "FAIL"} == numbers, [t.state.name for t in trials]
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    client = _local_client(project)
+    for number in numbers:
+        trial = trials[number]
+        assert ATTR_FAIL not in trial.user_attrs  # interrupted is not the trial's own failure
+        run = client.get_run(trial.user_attrs[ATTR_RUN])
+        assert run.info.status == "KILLED" and run.data.tags[TAG_STATE] == "killed"
+        assert "interrupted" in run.data.tags[TAG_ERROR]
+    parent = client.get_run(study.user_attrs[ATTR_PARENT])
+    assert parent.info.status == "KILLED" and parent.data.tags[TAG_STATE] == "killed"
+    assert not [r for r in _runs(client) if r.info.status == "RUNNING"]
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_during_a_trial_exits_130_marks_it_and_the_rerun_completes(cli, tmp_path, demo_root):
+    project = _project(tmp_path, demo_root, _sweep(LONG_EPOCHS))
+    args = ("sweep", "-s", "tiny", "--trials", "1")
+    proc, out, err = _start(project, *args, log="interrupted")
+    try:
+        _wait_for(rf"^trial 0: epoch 1/{LONG_EPOCHS}", err, proc=proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # an impatient second press
+        assert _wait_exit(proc) == 130, err.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
+    _check_interrupted(project, {0})
+
+    result = cli(*args, cwd=project, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming study" in result.stderr
+    study = _journal_study(project)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert states == ["FAIL", "COMPLETE"], states
+    client = _local_client(project)
+    parent = client.get_run(study.user_attrs[ATTR_PARENT])
+    assert parent.info.status == "FINISHED" and parent.data.tags[TAG_STATE] == "finished"
+    children = [r for r in _runs(client) if r.data.tags.get(TAG_KIND) == "trial"]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "KILLED"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_two_workers_marks_both_trials(tmp_path, demo_root):
+    project = _project(tmp_path, demo_root, _sweep(LONG_EPOCHS))
+    proc, out, err = _start(project, "sweep", "-s", "tiny", "--trials", "2", "--workers", "2", log="interrupted")
+    try:
+        for worker in (1, 2):
+            _wait_for(rf"^\[worker {worker}\] trial \d+: epoch 1/{LONG_EPOCHS}", out, proc=proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert _wait_exit(proc) == 130, err.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "Traceback" not in err.read_text() + out.read_text(), err.read_text()[-3000:]
+    _check_interrupted(project, {0, 1})
+
+
+# --------------------------------------------------------------------------- SIGKILL of one of two workers
+
+
+def _check_one_worker_died(study, client, victim: int, total: int) -> None:
+    """The dead worker's trial FAIL, its run FAILED, retried once to COMPLETE with the same
+    params; ``total`` finished trials, numbers unique, nothing RUNNING."""
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state.name for t in trials]
+    dead = trials[victim]
+    assert dead.state.name == "FAIL" and ATTR_FAIL not in dead.user_attrs, states
+    retries = [t for t in trials if t.user_attrs.get(ATTR_RETRY_OF) == victim]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE", states
+    assert retries[0].params == dead.params
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == total and len(trials) == total + 1, states
+    assert len({t.number for t in trials}) == len(trials)
+    dead_run = client.get_run(dead.user_attrs[ATTR_RUN])
+    assert dead_run.info.status == "FAILED" and "worker died" in dead_run.data.tags[TAG_ERROR]
+    for trial in trials:
+        if trial.state.name == "COMPLETE":
+            run = client.get_run(trial.user_attrs[ATTR_RUN])
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["best_val_macro_f1"] == pytest.approx(trial.value)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=100)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parent = client.get_run(study.user_attrs[ATTR_PARENT])
+    assert parent.info.status == "FINISHED" and parent.data.tags[TAG_STATE] == "finished"
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_of_two_local_workers_the_other_retries_its_trial(tmp_path, demo_root):
+    project = _project(tmp_path, demo_root, _sweep(MID_EPOCHS))
+    proc, out, err = _start(project, "sweep", "-s", "tiny", "--trials", "3", "--workers", "2", log="sweep")
+    try:
+        pids = _wait_for(r"started 2 worker processes: (\d+), (\d+)", err, proc=proc)
+        victim = _wait_mid_trial("[worker 1] ", out, proc, MID_EPOCHS)
+        os.kill(int(pids.group(1)), signal.SIGKILL)
+        assert _wait_exit(proc, 600) == 0, err.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "flower-exp-worker-1 (-9)" in err.read_text()
+    # The survivor did everything after the kill, the retry included.
+    retried = re.search(rf"^\[worker 2\] trial (\d+): .*\n(?:.*\n)*?\[worker 2\] trial \1 complete", out.read_text(), re.M)
+    assert retried, out.read_text()[-3000:]
+    _check_one_worker_died(_journal_study(project), _local_client(project), victim, 3)
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_of_two_machines_on_postgres_the_other_retries_its_trial(tmp_path, demo_root, fresh_postgres_db):
+    import optuna
+
+    from flower_exp.tracking import Tracker, default_target
+
+    project = _project(tmp_path, demo_root, _sweep(MID_EPOCHS))
+    Tracker(default_target(project), "tiny")  # the MLflow store exists: the machines can start together
+    args = ("sweep", "-s", "tiny", "--trials", "3", "--storage", fresh_postgres_db)
+    first, out1, err1 = _start(project, *args, log="machine1")
+    second, out2, err2 = _start(project, *args, log="machine2")
+    try:
+        _wait_for(r"^trial \d+: epoch 1/", err2, proc=second)
+        victim = _wait_mid_trial("", err1, first, MID_EPOCHS)
+        os.killpg(first.pid, signal.SIGKILL)
+        assert _wait_exit(second, 600) == 0, err2.read_text()[-3000:]
+    finally:
+        _stop(first)
+        _stop(second)
+    assert re.search(rf"^trial \d+: .*\n(?:.*\n)*?trial \d+ complete", err2.read_text(), re.M)
+    study = optuna.load_study(study_name=STUDY, storage=fresh_postgres_db)
+    _check_one_worker_died(study, _local_client(project), victim, 3)
+
+
+# --------------------------------------------------------------------------- NaN loss
+
+
+def test_nan_trial_fails_with_its_reason_and_the_sweep_continues(cli, tmp_path, demo_root):
+    sweep = _sweep(2, trials=3, enqueue=[{"lr_max": 1.0e30, "cnn_width": 4}])
+    project = _project(tmp_path, demo_root, sweep)
+    result = cli("sweep", "-s", "tiny", "--quiet", cwd=project, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trial 0 failed: NonFiniteLoss" in result.stderr
+
+    study = _journal_study(project)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    nan_trial = trials[0]
+    assert nan_trial.params["lr_max"] == 1.0e30
+    assert nan_trial.user_attrs[ATTR_FAIL].startswith("NonFiniteLoss: training loss became")
+    client = _local_client(project)
+    run = client.get_run(nan_trial.user_attrs[ATTR_RUN])
+    assert run.info.status == "FAILED" and run.data.tags[TAG_STATE] == "failed"
+    assert "NonFiniteLoss" in run.data.tags[TAG_ERROR] and "lower lr_max" in run.data.tags[TAG_ERROR]
+    assert run.data.tags["flower_exp.optuna_state"] == "FAIL"
+    # Its own failure uses up budget (a dead worker's would not): 3 trials as requested.
+    assert "study tiny-tiny: 2 complete, 0 pruned, 1 failed" in result.stdout
+
+
+# --------------------------------------------------------------------------- the soak script
+
+
+@pytest.mark.slow
+def test_soak_script_smoke(tmp_path):
+    summary_path = tmp_path / "soak.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "soak.py"), "--minutes", "0.3", "--kill-every", "6",
+         "--epochs", "3", "--seed", "3", "--json", str(summary_path)],
+        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["mismatches"] == [] and summary["kills"] >= 1
+    assert summary["finished"] == summary["final_sweep_trials"]
+    assert summary["killed_trials"] == summary["killed_trials_retried"]
+    assert "RUNNING" not in summary["trials_by_state"] and "WAITING" not in summary["trials_by_state"]
