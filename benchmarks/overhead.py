@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -73,22 +74,41 @@ def instrument_callbacks() -> list[tuple[str, str]]:
     return rows
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def wall_clock():
-    """A callback recording when training starts and when each epoch's last callback ran."""
+    """A callback recording when training starts, when each epoch's last callback ran and how
+    long Keras' own validation pass took (bare runs only: the trial validates in a callback)."""
     import keras
 
     class Wall(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.marks = [time.perf_counter()]
+            self.cpu_marks = [_cpu_s()]
+            self.validation: list[float] = []
             _EPOCH[0] = 0
+
+        def on_test_begin(self, logs=None):
+            self._test_start = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            self.validation.append(time.perf_counter() - self._test_start)
 
         def on_epoch_end(self, epoch, logs=None):
             self.marks.append(time.perf_counter())
+            self.cpu_marks.append(_cpu_s())
             _EPOCH[0] = epoch + 1
 
         @property
         def epoch_times(self) -> list[float]:
             return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+        @property
+        def epoch_cpu(self) -> list[float]:
+            return [b - a for a, b in zip(self.cpu_marks, self.cpu_marks[1:])]
 
     return Wall()
 
@@ -105,7 +125,7 @@ def make_project(folder: Path, root: str, size: int, epochs: int) -> Path:
     return folder / "experiments.yaml"
 
 
-def run_bare(exp) -> list[float]:
+def run_bare(exp) -> tuple[list[float], list[float], list[float]]:
     """The bare script: same builder, same pipelines, plain ``model.fit`` with validation."""
     import keras
 
@@ -129,10 +149,10 @@ def run_bare(exp) -> list[float]:
               verbose=0, shuffle=False)
     del model, train_ds, val_ds
     keras.backend.clear_session()
-    return wall.epoch_times
+    return wall.epoch_times, wall.epoch_cpu, wall.validation
 
 
-def run_harness(exp, tracker, storage_dir: Path, round_no: int) -> list[float]:
+def run_harness(exp, tracker, storage_dir: Path, round_no: int) -> tuple[list[float], list[float]]:
     """A flower-exp trial: ``train.run`` with MLflow and a real Optuna pruning hook."""
     import optuna
 
@@ -157,7 +177,13 @@ def run_harness(exp, tracker, storage_dir: Path, round_no: int) -> list[float]:
     result = train.run(exp, tracker=tracker, run_name=f"bench-{round_no}", pruning_hook=hook, progress=None,
                        callbacks=[wall])
     study.tell(trial, result.best_val_macro_f1)
-    return wall.epoch_times
+    return wall.epoch_times, wall.epoch_cpu
+
+
+def _per_epoch(label: str, epochs: int, later_epochs: int) -> float:
+    """Mean seconds per trial epoch spent in ``label``'s hooks, first epochs left out."""
+    first = 1 if epochs > 1 else 0
+    return sum(t for e, t in _COSTS.get(label, {}).items() if e >= first) / max(1, later_epochs)
 
 
 def main(argv=None) -> None:
@@ -172,7 +198,7 @@ def main(argv=None) -> None:
     size, per_class, epochs, rounds = (32, 20, 2, 1) if args.smoke else (64, 200, 5, 4)
     root = demo_data((size,), per_class)
     described = instrument_callbacks()
-    bare_rounds, harness_rounds = [], []
+    bare_rounds, harness_rounds, bare_validation, bare_cpu, harness_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="flower-exp-overhead-") as tmp:
         folder = Path(tmp)
         exp = load_experiment("bench", make_project(folder, root, size, epochs))
@@ -182,20 +208,28 @@ def main(argv=None) -> None:
             order = ("bare", "harness") if r % 2 == 0 else ("harness", "bare")
             for variant in order:
                 if variant == "bare":
-                    bare_rounds.append(run_bare(exp))
+                    epochs_s, cpu_s, validation_s = run_bare(exp)
+                    bare_rounds.append(epochs_s)
+                    bare_cpu.append(cpu_s)
+                    bare_validation.append(validation_s)
                 else:
-                    harness_rounds.append(run_harness(exp, tracker, folder, r))
+                    epochs_s, cpu_s = run_harness(exp, tracker, folder, r)
+                    harness_rounds.append(epochs_s)
+                    harness_cpu.append(cpu_s)
                 log(f"round {r + 1} {variant}: epochs " + " ".join(
                     f"{t:.2f}" for t in (bare_rounds if variant == "bare" else harness_rounds)[-1]) + " s")
 
     later = slice(1, None) if epochs > 1 else slice(None)
     ratios = [median(h[later]) / median(b[later]) for b, h in zip(bare_rounds, harness_rounds)]
     ratio = median(ratios)
+    cpu_ratios = [median(h[later]) / median(b[later]) for b, h in zip(bare_cpu, harness_cpu)]
+    cpu_ratio = median(cpu_ratios)
     bare_epoch = median(t for b in bare_rounds for t in b[later])
     harness_epoch = median(t for h in harness_rounds for t in h[later])
     first_bare = median(b[0] for b in bare_rounds)
     first_harness = median(h[0] for h in harness_rounds)
     later_epochs = sum(len(h[later]) for h in harness_rounds)
+    keras_validation = median(t for v in bare_validation for t in v[later])
 
     rows = [
         ["epoch time after the first (median)", f"{bare_epoch:.3f} s", f"{harness_epoch:.3f} s",
@@ -203,19 +237,25 @@ def main(argv=None) -> None:
         ["first epoch (median; tracing included)", f"{first_bare:.3f} s", f"{first_harness:.3f} s",
          f"{first_harness / first_bare:.3f}"],
         ["ratio of medians, per round", "", "", " ".join(f"{x:.3f}" for x in ratios)],
+        ["CPU-seconds per epoch after the first (median)", f"{median(t for b in bare_cpu for t in b[later]):.3f} s",
+         f"{median(t for h in harness_cpu for t in h[later]):.3f} s", f"{cpu_ratio:.3f} (median of per-round ratios)"],
     ]
     table = md_table(["", "bare model.fit", "flower-exp trial", "trial / bare"], rows)
     cost_rows = []
     for label, what in described:
-        first = 1 if epochs > 1 else 0
-        per_epoch = sum(t for e, t in _COSTS.get(label, {}).items() if e >= first) / max(1, later_epochs)
+        per_epoch = _per_epoch(label, epochs, later_epochs)
         cost_rows.append([label, what, f"{per_epoch * 1000:.1f} ms",
                           f"{100 * per_epoch / harness_epoch:.1f}%" if harness_epoch else ""])
     table += "\n\nPer-epoch cost of each harness callback (time inside its hooks, mean over the trial epochs after the first):\n\n"
     table += md_table(["callback", "what it does", "per epoch", "share of an epoch"], cost_rows)
+    callbacks_s = sum(float(row[2].split()[0]) for row in cost_rows) / 1000
+    table += (f"\n\nFor comparison, the bare run's Keras validation pass (`validation_data`) took "
+              f"{keras_validation * 1000:.0f} ms per epoch (median after the first). Epoch time without "
+              f"validation and callbacks: bare {bare_epoch - keras_validation:.3f} s, trial "
+              f"{harness_epoch - callbacks_s:.3f} s.")
 
     measured = (f"trial/bare epoch time {ratio:.3f} after the first epoch (median of {rounds} interleaved "
-                f"rounds x {epochs} epochs; {bare_epoch:.2f} s vs {harness_epoch:.2f} s)")
+                f"rounds x {epochs} epochs; {bare_epoch:.2f} s vs {harness_epoch:.2f} s); CPU-time ratio {cpu_ratio:.3f}")
     notes = (
         f"Method: demo data at {size} px (6 classes, {per_class} images per class), CNN width 16, depth 3, "
         f"batch 32, {epochs} epochs per run, {rounds} rounds alternating bare/trial order. Both variants "
@@ -224,12 +264,24 @@ def main(argv=None) -> None:
         "Epoch time is wall time from one epoch's end (after every callback) to the next, so the "
         "bare run's Keras validation pass and the trial's macro-F1 pass both count. The first epoch "
         "(graph tracing, filling the validation cache) is reported apart. Callback costs come from "
-        "timing wrappers around the hooks each callback class overrides."
+        "timing wrappers around the hooks each callback class overrides. The machine is shared, so "
+        "the table also compares CPU-seconds of this process per epoch (all threads), which other "
+        "jobs' load disturbs much less than wall time."
+    )
+    f1_s = _per_epoch("full-val macro-F1", epochs, later_epochs)
+    notes += (
+        f"\n\nWhere the difference goes: the trial's callbacks cost {callbacks_s * 1000:.0f} ms per epoch, "
+        f"{f1_s * 1000:.0f} ms of it the full-validation macro-F1 pass, against {keras_validation * 1000:.0f} ms "
+        "for the bare run's Keras validation. Macro-F1 is not a streaming metric: it needs every "
+        "validation prediction, so the trial runs `model.predict` over the whole (cached) validation set "
+        "and scores it on the host, instead of `evaluate` (a separate micro-benchmark timed the two within noise of "
+        "each other on the same model and data); everything else the harness adds (epoch timer, NaN guard, LR scheduler, "
+        "MLflow `log_batch`, Optuna report/should_prune) stays in the low milliseconds per epoch."
     )
     if ratio > GOAL_RATIO and not args.smoke:
-        top = max(cost_rows, key=lambda row: float(row[2].split()[0]))
-        notes += (f"\n\nGoal missed ({ratio:.3f} > {GOAL_RATIO}). The costliest callback is **{top[0]}** "
-                  f"({top[2]} per epoch).")
+        notes += (f"\n\n**Goal missed** on wall time ({ratio:.3f} > {GOAL_RATIO}; CPU-time ratio {cpu_ratio:.3f}). "
+                  "Per-round ratios: " + ", ".join(f"{x:.3f}" for x in ratios) + ". See the figures above for "
+                  "how much of it is the validation pass versus noise from other jobs on the machine.")
     path = write_result(
         args.out,
         name="overhead",
