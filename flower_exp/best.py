@@ -118,6 +118,8 @@ def run_best(
     if export is not None and Path(export).exists() and not force:
         # Checked up front: refusing after minutes of refitting would waste them.
         raise FlowerExpError(f"{export}: already exists; pass --force to replace it")
+    if export is not None:
+        _check_export_writable(Path(export))
     config_path = find_config(config)
     exp = load_experiment(experiment, config_path)
     target = default_target(project_dir(config_path), tracking_uri)
@@ -202,6 +204,19 @@ def run_best(
         export_dir=export_dir,
         refit_runs=refit_runs,
     )
+
+
+def _check_export_writable(out: Path) -> None:
+    """Refuse an export folder that cannot be created (read-only disk, permissions) before
+    the weight search and refits, not after them."""
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FlowerExpError(f"{out}: cannot create it, {parent} is not a folder; nothing written")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        reason = "on a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "not writable"
+        raise FlowerExpError(f"{out}: cannot write the export ({parent} is {reason}); nothing written")
 
 
 def _log_report(tracker, run_id, report, members, confusion_png, exp, tmp) -> None:

@@ -157,6 +157,7 @@ class ExperimentConfig(_Strict):
     mixed_precision: str = Field("auto", description="auto (bfloat16 on TPU, float16 on GPU, off on CPU), off, float16, bfloat16.")
     jit_compile: bool = Field(False, description="XLA-compile the train step.")
     steps_per_execution: PositiveInt = Field(1, description="Batches per compiled call (raise on TPU, e.g. 16-32).")
+    memory_check: bool = Field(True, description="Refuse a configuration whose estimated training memory is over twice what the device has.")
 
     @field_validator("architecture")
     @classmethod

@@ -404,8 +404,12 @@ def _save_pyfunc(path: Path) -> None:
         try:
             with _SAVE_LOCK:
                 mlflow.pyfunc.save_model(str(path), python_model=str(code), pip_requirements=[requirement])
-        except OSError as exc:
-            raise FlowerExpError(f"{path.parent}: cannot write the MLflow model files ({exc.strerror or exc})") from None
+        except mlflow.exceptions.MlflowException as exc:
+            # MLflow rewords a full disk while copying the code file as an "invalid code path".
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OSError):
+                raise cause from None
+            raise
         finally:
             mlflow_logger.setLevel(level)
 

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,30 @@ TAG_STATE = TAG_PREFIX + "state"  # finished | failed | pruned | killed
 TAG_ERROR = TAG_PREFIX + "error"
 TAG_KIND = TAG_PREFIX + "kind"  # train | sweep | ensemble
 MAX_PARAM_LENGTH = 6000
+# MLflow retries an unreachable server for ~2 minutes per call (7 retries, backoff factor 2);
+# a sweep makes several calls per epoch. flower-exp bounds that (~15 s per call) unless the
+# user set MLflow's variables; FLOWER_EXP_TRACKING_RETRIES / _TIMEOUT_S change its defaults.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": ("FLOWER_EXP_TRACKING_RETRIES", "4"),
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": ("FLOWER_EXP_TRACKING_BACKOFF_FACTOR", "1"),
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": ("FLOWER_EXP_TRACKING_TIMEOUT_S", "30"),
+}
+PROBE_TIMEOUT_S = 5.0
+# MLflow errors that are about the request, not about the store being reachable.
+_CLIENT_ERROR_CODES = {
+    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
+    "BAD_REQUEST", "MALFORMED_REQUEST", "INVALID_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
+}
+
+
+class RecordingFailed(FlowerExpError):
+    """A run's results could not be recorded: the tracking server is unreachable, the store or
+    the artifact folder is full or unwritable. An environment problem, not the configuration's:
+    a sweep marks the trial FAILED, queues it again and stops (rerun once it is fixed)."""
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -63,7 +87,10 @@ class Tracker:
         _quiet_mlflow()
 
         self.target = target
+        self._down = False
+        bound_http_retries()
         _check_local_store(target.uri)
+        _check_server(target.uri)
         try:
             self.client = MlflowClient(tracking_uri=target.uri)
             found = self.client.get_experiment_by_name(experiment)
@@ -91,7 +118,7 @@ class Tracker:
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        run = self._call(self.client.create_run, self.experiment_id, run_name=run_name, tags=tags)
         return run.info.run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -100,7 +127,7 @@ class Tracker:
 
         items = [Param(k, redact(_param_value(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start : start + 100])
+            self._call(self.client.log_batch, run_id, params=items[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics at ``step`` (non-finite values are skipped)."""
@@ -114,23 +141,29 @@ class Tracker:
             Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
         ]
         if items:
-            self.client.log_batch(run_id, metrics=items)
+            self._call(self.client.log_batch, run_id, metrics=items)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         """Set tags on a run."""
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, redact(str(value))[:5000])
+            self._call(self.client.set_tag, run_id, key, redact(str(value))[:5000])
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         """Upload a file or folder."""
-        if os.path.isdir(path):
-            self.client.log_artifacts(run_id, path, artifact_path)
-        else:
-            self.client.log_artifact(run_id, path, artifact_path)
+        upload = self.client.log_artifacts if os.path.isdir(path) else self.client.log_artifact
+        self._call(upload, run_id, path, artifact_path, where=lambda: self._artifact_location(run_id))
+
+    def _artifact_location(self, run_id: str) -> str:
+        # An OSError names the file being copied; the user needs the folder that is full.
+        try:
+            uri = self.client.get_run(run_id).info.artifact_uri
+        except Exception:  # noqa: BLE001 - only used to word an error
+            return self.target.artifact_root or self.target.uri
+        return uri.removeprefix("file://") if uri.startswith("file:///") else uri
 
     def end(self, run_id: str, status: str) -> None:
         """Close a run with MLflow status FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(run_id, status)
+        self._call(self.client.set_terminated, run_id, status)
 
     @contextmanager
     def run(
@@ -147,23 +180,54 @@ class Tracker:
             self._close_quietly(run_id, "KILLED", "killed", "interrupted (Ctrl-C)")
             raise
         except BaseException as exc:
+            if isinstance(exc, RecordingFailed) and exc.unreachable:
+                raise  # nothing to close it with; the sweep's retry of the trial closes it later
             reason = f"{type(exc).__name__}: {exc}".strip()
             self._close_quietly(run_id, "FAILED", "failed", reason.splitlines()[0][:1000] if reason else "")
             raise
         else:
-            state = self.client.get_run(run_id).data.tags.get(TAG_STATE)
+            state = self._call(self.client.get_run, run_id).data.tags.get(TAG_STATE)
             if state is None:
-                self.client.set_tag(run_id, TAG_STATE, "finished")
+                self.set_tags(run_id, {TAG_STATE: "finished"})
             self.end(run_id, "FINISHED")
+
+    def close_orphan(self, run_id: str, reason: str) -> None:
+        """Mark ``run_id`` FAILED with ``reason`` if it is still RUNNING (its process could not
+        close it, e.g. the server was down); best effort."""
+        try:
+            if self._call(self.client.get_run, run_id).info.status == "RUNNING":
+                self._close_quietly(run_id, "FAILED", "failed", reason)
+        except Exception as exc:  # noqa: BLE001 - a missing or unreachable run stays as it is
+            logging.getLogger(__name__).warning("could not close run %s: %s", run_id, exc)
+
+    def _call(self, fn, *args, where: Callable[[], str] | None = None, **kwargs):
+        """``fn(*args)`` against the store; failures to reach or write it become
+        :class:`RecordingFailed` naming the store (after MLflow's bounded retries)."""
+        if self._down:
+            # The last call found the server down: ask /health (seconds) before another
+            # round of retries, so that closing a run after an outage does not wait minutes.
+            _check_server(self.target.uri, recording=True)
+            self._down = False
+        try:
+            return fn(*args, **kwargs)
+        except OSError as exc:
+            place = where() if where else exc.filename or self.target.artifact_root or self.target.uri
+            raise RecordingFailed(f"MLflow artifact store: cannot write {redact(str(place))} ({exc.strerror or exc})") from None
+        except Exception as exc:
+            if getattr(exc, "error_code", None) in _CLIENT_ERROR_CODES:
+                raise
+            reason = _reason(exc)
+            unreachable = _is_http(self.target.uri)
+            self._down = unreachable
+            raise RecordingFailed(f"MLflow tracking store {redact(self.target.uri)}: unavailable ({reason})", unreachable) from None
 
     def _close_quietly(self, run_id: str, status: str, state: str, reason: str) -> None:
         # The store may be what failed; closing must not hide the original error.
         try:
-            self.client.set_tag(run_id, TAG_STATE, state)
-            if reason:
-                self.client.set_tag(run_id, TAG_ERROR, redact(reason))
+            tags = {TAG_STATE: state, **({TAG_ERROR: reason} if reason else {})}
+            self.set_tags(run_id, tags)
             self.end(run_id, status)
-        except Exception as exc:  # pragma: no cover - depends on a failing store
+        except Exception as exc:  # noqa: BLE001 - depends on a failing store
             logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, exc)
 
 
@@ -214,6 +278,48 @@ def _check_local_store(uri: str) -> None:
         raise FlowerExpError(f"MLflow tracking store {uri}: {path} is not writable")
 
 
+def bound_http_retries() -> None:
+    """Set MLflow's HTTP retry variables to flower-exp's bounded defaults where unset."""
+    for mlflow_var, (own_var, default) in HTTP_RETRY_DEFAULTS.items():
+        if mlflow_var not in os.environ:
+            os.environ[mlflow_var] = os.environ.get(own_var, default)
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _check_server(uri: str, recording: bool = False) -> None:
+    """Fail in seconds when an http(s) tracking server does not answer at all (MLflow's own
+    retries would take minutes). Any HTTP answer, even an error status, counts as reachable."""
+    if not _is_http(uri):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        reason = getattr(reason, "strerror", None) or str(reason)
+    message = f"MLflow tracking server {redact(uri)}: unreachable ({reason}); start it or pass another --tracking-uri"
+    raise (RecordingFailed(message, unreachable=True) if recording else FlowerExpError(message))
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of an MLflow error: '[Errno 111] Connection refused' rather than the
+    whole urllib3 retry chain."""
+    text = str(exc).strip()
+    found = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if found:
+        return found.group(0).strip()
+    first = text.splitlines()[0][:200] if text else type(exc).__name__
+    return redact(first)
+
+
 def _param_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -225,3 +331,5 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # One "Retrying ..." warning per attempt would bury the single line that says what failed.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)

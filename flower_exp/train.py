@@ -22,8 +22,18 @@ import yaml
 
 from .config import ExperimentConfig, ResolvedExperiment, project_dir
 from .errors import FlowerExpError
+from .memory_estimate import check_memory, out_of_memory
 from .schedule import LRSchedule, plot_schedule
-from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, default_target, git_commit, package_versions
+from .tracking import (
+    TAG_KIND,
+    TAG_PREFIX,
+    TAG_STATE,
+    RecordingFailed,
+    Tracker,
+    default_target,
+    git_commit,
+    package_versions,
+)
 
 EPOCH_METRICS = (
     "train_loss",
@@ -36,7 +46,7 @@ EPOCH_METRICS = (
     "images_per_s",
 )
 # Settings that are not hyperparameters of the run (logged elsewhere or meaningless as params).
-_NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir"}
+_NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir", "memory_check"}
 
 
 class Pruned(Exception):
@@ -124,6 +134,8 @@ def run(
             cache_dir=exp.cache_dir,
             allow=allow_leakage,
         )
+    # Refused before a run exists: an impossible configuration is not a failed training.
+    check_memory(cfg, len(data.class_names), say)
     if tracker is None:
         tracker = Tracker(default_target(project_dir(Path(exp.config_path)), tracking_uri), cfg.name)
     name = run_name or f"{cfg.architecture}-{cfg.image_size}px"
@@ -226,7 +238,11 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     )
 
     # --- model
-    model = _compiled_model(cfg, acc, schedule, num_classes)
+    try:
+        model = _compiled_model(cfg, acc, schedule, num_classes)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+        _release(keras)
+        raise out_of_memory(cfg, exc) from None
 
     # --- train
     timer = _EpochTimer(steps * global_batch)
@@ -247,6 +263,10 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
     except Pruned as exc:
         pruned = exc
+    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+        # Free this trial's graph so that the sweep's next trial has the memory back.
+        _release(keras)
+        raise out_of_memory(cfg, exc) from None
     validation.restore_best(model)
 
     # --- evaluate and log
@@ -262,11 +282,9 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     if pruned is not None:
         summary["pruned_at_epoch"] = pruned.epoch
     tracker.log_metrics(run_id, summary)
-    with tempfile.TemporaryDirectory(prefix="flower-exp-run-") as tmp:
-        _write_artifacts(
-            Path(tmp), model, exp, schedule, acc.replicas, logger.history, val_ids, val_labels, validation.best_probs, data.class_names
-        )
-        tracker.log_artifact(run_id, tmp)
+    _save_artifacts(
+        tracker, run_id, model, exp, schedule, acc.replicas, logger.history, val_ids, val_labels, validation.best_probs, data.class_names
+    )
     state = "pruned" if pruned is not None else "finished"
     tracker.set_tags(run_id, {TAG_STATE: state})
     say(f"best val_macro_f1 {validation.best_f1:.4f} at epoch {best_epoch} ({state}); MLflow run {run_id}")
@@ -539,6 +557,18 @@ def _peak_memory_mb(tf) -> float:
             pass
     # ru_maxrss is in KiB on Linux: the host process' high-water mark.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _save_artifacts(tracker: Tracker, run_id: str, *args) -> None:
+    """Write the run's artifacts to a temporary folder and upload them. A full or unwritable
+    disk is not the configuration's fault: :class:`RecordingFailed`, naming the path."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="flower-exp-run-") as tmp:
+            _write_artifacts(Path(tmp), *args)
+            tracker.log_artifact(run_id, tmp)
+    except OSError as exc:
+        where = exc.filename or tempfile.gettempdir()
+        raise RecordingFailed(f"cannot write the run's artifacts to {where} ({exc.strerror or exc})") from None
 
 
 def _write_artifacts(
