@@ -359,3 +359,24 @@ def test_sweep_refused_and_oom_trials_fail_and_the_sweep_continues(project, monk
     counts = states(study)
     assert counts["COMPLETE"] >= 1 and counts["RUNNING"] == 0 and sum(counts.values()) >= 3, counts
     assert_study_matches_mlflow(study, tracker.client)
+
+
+def test_http_retries_are_bounded_unless_the_user_set_them(monkeypatch):
+    from flower_exp.tracking import bound_http_retries
+
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 "FLOWER_EXP_TRACKING_RETRIES", "FLOWER_EXP_TRACKING_BACKOFF_FACTOR", "FLOWER_EXP_TRACKING_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FLOWER_EXP_TRACKING_TIMEOUT_S", "9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "3")  # the user's own setting wins
+    bound_http_retries()
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
+
+    # 4 retries with factor 1: about 0 + 2 + 4 + 8 s of backoff per call instead of ~2 minutes.
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 4
+    assert MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 3
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 9
