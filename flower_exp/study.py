@@ -465,6 +465,7 @@ def _worker_loop(
 ) -> None:
     import optuna
 
+    waiting = False
     while True:
         # Dead workers' trials would otherwise count as running until some trial starts.
         with warnings.catch_warnings():
@@ -479,8 +480,12 @@ def _worker_loop(
                 return
             # The budget is spoken for by trials running elsewhere; wait for them, so that if
             # their worker dies this one retries the trial instead of leaving the study short.
+            if not waiting:
+                log(prefix + f"waiting for {counts['running']} trial(s) running elsewhere (retried here if their worker dies)")
+                waiting = True
             time.sleep(poll_s)
             continue
+        waiting = False
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[objective.after_trial], gc_after_trial=True)
         if objective.stop is not None:
             raise objective.stop  # the next trial could not be recorded either
@@ -642,7 +647,15 @@ def _run_processes(spec: SweepSpec, workers: int, log: Callable[[str], None]) ->
         for proc in procs:
             proc.join()
     except KeyboardInterrupt:
-        # Workers got the same Ctrl-C (one process group) and are marking their trials.
+        # A terminal's Ctrl-C reached the workers too (one process group) and they are marking
+        # their trials; a SIGINT sent to this process alone did not: pass it on (a worker
+        # ignores a second one).
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                try:
+                    os.kill(proc.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
         deadline = time.time() + 30
         for proc in procs:
             proc.join(max(0.1, deadline - time.time()))

@@ -185,7 +185,9 @@ def check(project: Path, expected_finished: int | None = None) -> dict[str, Any]
             bad(f"MLflow run {rs[0].info.run_id} names trial {number}, which the study does not have")
 
     killed = no_run = retried = 0
-    retried_numbers = {t.system_attrs.get("failed_trial") for t in trials}
+    # Optuna's retry_history lists every dead attempt of a configuration ("failed_trial" only
+    # names the first one).
+    retried_numbers = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     for t in trials:
         rs = by_number.get(t.number, [])
         run = rs[0] if rs else None
