@@ -29,7 +29,7 @@ def _load(name: str):
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     # The demo data the benchmarks generate goes to a cache dir; keep the test's private.
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
 
 
 def _result(path: Path, name: str) -> dict:
