@@ -50,8 +50,10 @@ def test_pipeline_smoke(tmp_path):
     result = run_smoke("pipeline", tmp_path)
     assert "at 32 px" in result["measured"]
     row = next(line for line in result["table_md"].splitlines() if line.startswith("| 32 px"))
-    ceiling, pipe, ratio = numbers(row)[1:4]
-    assert ceiling > 0 and pipe > 0 and ratio == pytest.approx(pipe / ceiling, rel=0.6)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    ceiling, pipe, ratio = float(cells[1]), float(cells[2]), float(cells[3])
+    low, high = numbers(cells[4])
+    assert ceiling > 0 and pipe > 0 and low <= ratio <= high  # the median lies within the rounds' range
     assert (tmp_path / "cache").is_dir()  # demo data generated outside the repo
 
 
