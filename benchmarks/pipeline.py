@@ -206,8 +206,10 @@ def main(argv=None) -> None:
             + ", ".join(f"{r['cpu_ratio_no_augment']:.2f}" for r in results)
             + ". So the augmentation step — a bilinear resample of every image (`crop_and_resize` with "
             "float32 output, for flip + crop-and-zoom) and the brightness/contrast/clip passes over float32 "
-            "pixels — costs several times the JPEG decode itself, and converting the batch to normalised "
-            "float32 (4x the bytes of the decoded uint8) costs about a quarter of it. The synthetic demo "
+            "pixels — costs several times the JPEG decode itself, and even without it the label check and "
+            "the conversion to normalised float32 (4x the bytes of the decoded uint8) add "
+            + ", ".join(f"{100 * (1 / r['cpu_ratio_no_augment'] - 1):.0f}%" for r in results)
+            + " to the decode's CPU time. The synthetic demo "
             "images are smooth and decode faster than photos of the same size would, which makes this "
             "ratio pessimistic for real data. Cheaper kernels do not close the gap: "
             "`ImageProjectiveTransformV3` (what Keras' RandomZoom uses) was slower than `crop_and_resize` "
