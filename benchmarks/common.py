@@ -147,6 +147,23 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def finish(args: argparse.Namespace, *, goal_met, draw=None, **fields) -> Path:
+    """End a script run with ``args`` from ``parse_args``: plot, write the result, print the summary.
+
+    ``goal_met`` is recorded as None in a smoke run. ``draw(path)``, if given, writes the
+    plot ``<name>.png`` next to the JSON, in full runs only. ``fields`` are the other
+    ``write_result`` keys (``smoke`` comes from ``args``). Prints ``measured`` and the JSON's path.
+    """
+    if draw is not None and not args.smoke:
+        png, rel = plot_path(args.out, f"{fields['name']}.png")
+        png.parent.mkdir(parents=True, exist_ok=True)
+        draw(png)
+        fields["plots"] = [rel]
+    path = write_result(args.out, goal_met=None if args.smoke else goal_met, smoke=args.smoke, **fields)
+    print(f"{fields['measured']}\nwrote {path}")
+    return path
+
+
 def md_table(header, rows) -> str:
     """A markdown table from a header and rows of already formatted cells."""
     lines = ["| " + " | ".join(map(str, header)) + " |",

@@ -28,7 +28,10 @@ NAME = "gpu"
 TITLE = "Accelerator run: throughput, input pipeline and MFU"
 GOAL = ("on a GPU, EfficientNetB0 and DenseNet121 at 224 px with mixed precision and XLA: report images/s, "
         "the input-pipeline ratio (TFRecord / synthetic input) and model FLOPs utilisation")
-INPUTS = ("synthetic", "tfrecord")
+# (input, model): float batches into the network (augmentation, if any, done by the pipeline on
+# the host), or uint8 batches into the network behind flower_exp's on-device augmentation and
+# normalisation (``augment.runs_on: device``, the default on a GPU).
+INPUTS = {"synthetic": "host", "tfrecord": "host", "synthetic_uint8": "device", "tfrecord_device": "device"}
 
 # Dense (no structured sparsity) fp16/bf16 tensor-core peak FLOP/s from the vendors' data
 # sheets, keyed by a substring of nvidia-smi's name; the longest matching key wins.
@@ -160,37 +163,56 @@ def measure(setup: Setup, data_root: str, num_classes: int) -> list[dict]:
     from flower_exp.models import create_model, normalization_for
     from flower_exp.strategy import precision_policy
 
+    from flower_exp.device_preprocessing import training_model
+
     rows = []
     for name in setup.models:
         common.log(f"{name}: counting FLOPs")
         flops = forward_flops(name, setup.image_size, num_classes)
         normalization = normalization_for(name)
-        records = pipeline.make_dataset(data_root, "train", image_size=setup.image_size, batch_size=setup.batch,
-                                        normalization=normalization, augment_cfg=AugmentConfig(), seed=0,
-                                        drop_remainder=True, num_classes=num_classes)
-        images_spec, labels_spec = records.element_spec
-        images = tf.random.uniform((setup.batch, setup.image_size, setup.image_size, 3), dtype=images_spec.dtype)
-        labels = tf.cast(tf.range(setup.batch) % num_classes, labels_spec.dtype)
-        synthetic = tf.data.Dataset.from_tensors((images, labels)).repeat()
-        pipeline_rate = pipeline_images_per_s(records, max(setup.steps // 2, 2), setup.batch)
+        records = {
+            "tfrecord": pipeline.make_dataset(data_root, "train", image_size=setup.image_size, batch_size=setup.batch,
+                                              normalization=normalization, augment_cfg=AugmentConfig(), seed=0,
+                                              drop_remainder=True, num_classes=num_classes),
+            "tfrecord_device": pipeline.make_dataset(data_root, "train", image_size=setup.image_size,
+                                                     batch_size=setup.batch, normalization="none", seed=0,
+                                                     drop_remainder=True, num_classes=num_classes),
+        }
+        shape = (setup.batch, setup.image_size, setup.image_size, 3)
+        labels = tf.cast(tf.range(setup.batch) % num_classes, tf.int32)
+        inputs = {
+            "synthetic": tf.data.Dataset.from_tensors((tf.random.uniform(shape), labels)).repeat(),
+            "synthetic_uint8": tf.data.Dataset.from_tensors(
+                (tf.cast(tf.random.uniform(shape, maxval=256, dtype=tf.int32), tf.uint8), labels)).repeat(),
+            **records,
+        }
+        pipeline_rate = {k: pipeline_images_per_s(ds, max(setup.steps // 2, 2), setup.batch) for k, ds in records.items()}
         with precision_policy(setup.precision):
-            model = create_model(name, num_classes=num_classes, image_size=setup.image_size, weights="none")
-            model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(),
-                          jit_compile=setup.xla)
-            common.log(f"{name}: compiling and warming up")
-            model.fit(synthetic, steps_per_epoch=setup.warmup_steps, epochs=1, verbose=0)
+            network = create_model(name, num_classes=num_classes, image_size=setup.image_size, weights="none")
+            models = {"host": network,
+                      "device": training_model(network, setup.image_size, AugmentConfig(), normalization, seed=0)}
+            for model in models.values():
+                model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(),
+                              jit_compile=setup.xla)
+            for where, model in models.items():
+                common.log(f"{name}: compiling and warming up ({where} preprocessing)")
+                warm = inputs["synthetic" if where == "host" else "synthetic_uint8"]
+                model.fit(warm, steps_per_epoch=setup.warmup_steps, epochs=1, verbose=0, shuffle=False)
             rates: dict[str, list[float]] = {k: [] for k in INPUTS}
             for _ in range(setup.rounds):
-                # Alternate the inputs so a slow spell of the machine hits both.
-                for kind, ds in (("synthetic", synthetic), ("tfrecord", records)):
+                # Alternate the inputs so a slow spell of the machine hits all alike.
+                for kind, where in INPUTS.items():
                     clock = BatchClock()
-                    model.fit(ds, steps_per_epoch=setup.steps, epochs=1, verbose=0, callbacks=[clock])
+                    models[where].fit(inputs[kind], steps_per_epoch=setup.steps, epochs=1, verbose=0,
+                                      callbacks=[clock], shuffle=False)
                     rates[kind].append(images_per_s(clock.times, setup.batch, setup.skip))
         rate = {k: common.median(v) for k, v in rates.items()}
-        rows.append({"model": name, "forward_flops": flops, "pipeline_images_per_s": pipeline_rate,
+        rows.append({"model": name, "forward_flops": flops,
+                     "pipeline_images_per_s": pipeline_rate["tfrecord"],
+                     "pipeline_device_images_per_s": pipeline_rate["tfrecord_device"],
                      **{f"{k}_images_per_s": rate[k] for k in INPUTS}})
-        common.log(f"{name}: synthetic {rate['synthetic']:.0f} img/s, TFRecord {rate['tfrecord']:.0f} img/s")
-        del model, records, synthetic
+        common.log(f"{name}: " + ", ".join(f"{k} {rate[k]:.0f}" for k in INPUTS) + " img/s")
+        del models, network, records, inputs
         keras.backend.clear_session()
     return rows
 
@@ -201,18 +223,24 @@ def report(setup: Setup, rows: list[dict], device: str | None, smoke: bool, out:
     table_rows, parts = [], []
     for r in rows:
         ratio = r["tfrecord_images_per_s"] / r["synthetic_images_per_s"]
+        device_ratio = r["tfrecord_device_images_per_s"] / r["synthetic_uint8_images_per_s"]
+        augment_cost = r["synthetic_uint8_images_per_s"] / r["synthetic_images_per_s"]
         achieved = 3 * r["forward_flops"] * r["synthetic_images_per_s"]
         mfu = achieved / peak if peak else None
         table_rows.append([
             r["model"], f"{r['synthetic_images_per_s']:.1f}", f"{r['tfrecord_images_per_s']:.1f}", f"{ratio:.2f}",
-            f"{r['pipeline_images_per_s']:.1f}", f"{r['forward_flops'] / 1e9:.3f}", f"{achieved / 1e12:.2f}",
+            f"{r['pipeline_images_per_s']:.1f}", f"{r['synthetic_uint8_images_per_s']:.1f}", f"{augment_cost:.2f}",
+            f"{r['tfrecord_device_images_per_s']:.1f}", f"{device_ratio:.2f}", f"{r['pipeline_device_images_per_s']:.1f}",
+            f"{r['forward_flops'] / 1e9:.3f}", f"{achieved / 1e12:.2f}",
             "n/a" if mfu is None else f"{100 * mfu:.1f}%",
         ])
-        parts.append(f"{r['model']} {r['synthetic_images_per_s']:.0f} img/s (input ratio {ratio:.2f}, MFU "
+        parts.append(f"{r['model']} {r['synthetic_images_per_s']:.0f} img/s (input ratio {ratio:.2f} with host "
+                     f"augmentation, {device_ratio:.2f} with augmentation on the GPU at {augment_cost:.2f}x speed, MFU "
                      + ("n/a" if mfu is None else f"{100 * mfu:.1f}%") + ")")
     table = common.md_table(
-        ["model", "synthetic img/s", "TFRecord img/s", "input ratio (TFRecord/synthetic)", "pipeline alone img/s",
-         "forward GFLOPs/img", "achieved TFLOP/s (synthetic)", "MFU"], table_rows)
+        ["model", "synthetic img/s", "TFRecord img/s (host aug.)", "input ratio (TFRecord/synthetic)", "pipeline alone img/s",
+         "synthetic uint8 img/s (device aug.)", "device aug. speed (vs synthetic)", "TFRecord img/s (device aug.)",
+         "input ratio, device aug.", "uint8 pipeline alone img/s", "forward GFLOPs/img", "achieved TFLOP/s (synthetic)", "MFU"], table_rows)
     where = device or "CPU (no GPU)"
     measured = f"{where}, {setup.image_size} px, batch {setup.batch}: " + "; ".join(parts)
     notes = [
@@ -222,7 +250,11 @@ def report(setup: Setup, rows: list[dict], device: str | None, smoke: bool, out:
         f"input (first {setup.skip} batches of each not counted), medians reported.",
         "Synthetic input: one random batch held in memory and repeated. TFRecord input: flower_exp's training "
         f"pipeline (decode, augment, shuffle) over demo records generated locally at {setup.image_size} px. "
-        "'Pipeline alone' iterates the TFRecord pipeline without a model.",
+        "'Pipeline alone' iterates the TFRecord pipeline without a model. The *device aug.* columns train the "
+        "same network behind `flower_exp.device_preprocessing` (augmentation and normalisation in the XLA-compiled "
+        "train step, `augment.runs_on: device`, the default on a GPU) fed uint8 batches: synthetic, and the "
+        "pipeline shipping decoded uint8 without host augmentation. 'Device aug. speed' = its synthetic "
+        "images/s / the plain synthetic images/s (1.0: augmentation on the GPU is free).",
         "MFU = 3 x forward FLOPs per image (TensorFlow profiler, float32 graph, multiply-add = 2) x synthetic "
         "images/s / the GPU's dense fp16/bf16 peak (PEAK_FLOPS in benchmarks/gpu.py, from nvidia-smi's name"
         + (f": {peak / 1e12:.0f} TFLOP/s)." if peak else "; none for this device, so no MFU)."),

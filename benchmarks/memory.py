@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import demo_data, log, md_table, parse_args, plot_path, write_result  # noqa: E402
+from common import demo_data, finish, log, md_table, parse_args  # noqa: E402
 
 GOAL_GROWTH = 0.10
 # What an investigation of the missed goal found (counting objects between trials with gc).
@@ -122,12 +122,6 @@ def main(argv=None) -> None:
     table += f"\n\nRSS before the sweep (flower_exp.study imported, TensorFlow not yet): {before:.0f} MiB."
     measured = (f"RSS {first:.0f} MiB after trial 1, {last:.0f} MiB after trial {len(samples)}: "
                 f"{100 * growth:+.1f}% ({per_trial:+.1f} MiB per trial after trial 2)")
-    plots = []
-    if not args.smoke:
-        path, rel = plot_path(args.out, "memory.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plot(samples, path)
-        plots.append(rel)
     notes = (
         f"Method: `run_sweep` in this process (one worker) over demo data at 32 px (6 classes, {per_class} per "
         f"class), {trials} trials of {epochs} epochs with TPE over CNN width/depth, dropout and peak LR, pruning "
@@ -140,19 +134,17 @@ def main(argv=None) -> None:
     if growth >= GOAL_GROWTH and not args.smoke:
         notes += (f"\n\nGoal missed: {100 * growth:.1f}% growth, about {per_trial:.1f} MiB per trial: "
                   "something survives each trial (see the table).\n\n" + LEAK_DIAGNOSIS)
-    path = write_result(
-        args.out,
+    finish(
+        args,
         name="memory",
         title="Memory across trials in one worker",
         goal=f"RSS growth from after trial 1 to after trial 20 < {GOAL_GROWTH:.0%}",
-        goal_met=None if args.smoke else bool(growth < GOAL_GROWTH),
+        goal_met=bool(growth < GOAL_GROWTH),
         measured=measured,
-        smoke=args.smoke,
         table_md=table,
-        plots=plots,
         notes_md=notes,
+        draw=lambda path: plot(samples, path),
     )
-    print(f"{measured}\nwrote {path}")
 
 
 if __name__ == "__main__":

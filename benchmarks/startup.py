@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import REPO_ROOT, log, md_table, median, parse_args, write_result  # noqa: E402
+from common import REPO_ROOT, finish, log, md_table, median, parse_args  # noqa: E402
 
 HEAVY = ("tensorflow", "keras")
 
@@ -128,18 +128,16 @@ def main(argv=None) -> None:
     )
     if not tf_free:
         notes += "\n\nGoal missed: " + "; ".join(f"`{n}` imports {', '.join(h[:5])}" for n, (h, _) in imports.items() if h)
-    path = write_result(
-        args.out,
+    finish(
+        args,
         name="startup",
         title="CLI start-up",
         goal="`flower-exp --help` and `flower-exp status` import no TensorFlow (wall time reported vs `python -c pass`)",
-        goal_met=None if args.smoke else tf_free,
+        goal_met=tf_free,
         measured=measured,
-        smoke=args.smoke,
         table_md=table,
         notes_md=notes,
     )
-    print(f"{measured}\nwrote {path}")
 
 
 if __name__ == "__main__":

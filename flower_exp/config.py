@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,6 +53,12 @@ class AugmentConfig(_Strict):
     brightness: float = Field(0.1, ge=0.0, le=1.0, description="Max random brightness delta (0-1 scale); 0 disables.")
     contrast: float = Field(
         0.1, ge=0.0, lt=1.0, description="Max relative random contrast change; 0 disables."
+    )
+    runs_on: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="Where augmentation and normalisation run: 'host' in the tf.data pipeline on the CPU; "
+        "'device' inside the training step on the accelerator (the pipeline ships uint8 batches, so host CPUs "
+        "stop being the bottleneck of a TPU/GPU); 'auto' = device on a GPU or TPU, host on a CPU.",
     )
 
 

@@ -115,10 +115,11 @@ def custom_objects() -> dict[str, Any]:
 
 
 def load_model(path: str) -> Any:
-    """Load a saved ``.keras`` model safely (``safe_mode=True``), whatever its family."""
+    """Load a saved ``.keras`` model safely (``safe_mode=True``), whatever its family, for
+    inference: its training configuration (optimizer, loss, metrics) is not restored."""
     keras = _keras()
     try:
-        return keras.models.load_model(path, custom_objects=custom_objects(), safe_mode=True)
+        return keras.models.load_model(path, custom_objects=custom_objects(), safe_mode=True, compile=False)
     except ValueError as exc:
         raise FlowerExpError(f"{path}: cannot load model safely ({str(exc).splitlines()[0][:200]})") from None
 

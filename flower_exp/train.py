@@ -178,10 +178,11 @@ def refit(
         acc, global_batch, schedule = _setup(cfg, say)
         steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
         normalization = normalization_for(cfg.architecture)
-        train_ds = _training_data(data, "train+val", cfg, global_batch, acc, normalization)
-        tracker.log_params(run_id, {**_run_params(exp, data, train_files, acc, global_batch, steps, normalization),
+        on_device = _preprocess_on_device(cfg, acc)
+        train_ds = _training_data(data, "train+val", cfg, global_batch, acc, normalization, on_device)
+        tracker.log_params(run_id, {**_run_params(exp, data, train_files, acc, global_batch, steps, normalization, on_device),
                                     "epochs": epochs, "refit_of": refit_of})
-        model = _compiled_model(cfg, acc, schedule, len(data.class_names))
+        model, network = _compiled_model(cfg, acc, schedule, len(data.class_names), normalization, on_device)
         timer = _EpochTimer(steps * global_batch)
         logger = _Logger(tracker, run_id, schedule, acc.replicas, epochs, say, None)
         callbacks = [timer, _StopOnNonFinite(), keras.callbacks.LearningRateScheduler(lambda e, _lr: schedule.lr(e, acc.replicas)), logger]
@@ -191,13 +192,13 @@ def refit(
         with tempfile.TemporaryDirectory(prefix="flower-exp-refit-") as tmp:
             folder = Path(tmp)
             (folder / "model").mkdir()
-            model.save(folder / "model" / "model.keras")
+            network.save(folder / "model" / "model.keras")
             _write_history(folder / "history.csv", logger.history)
             plot_schedule(schedule, epochs, str(folder / "lr_schedule.png"), acc.replicas)
             _write_config(folder / "config.yaml", exp, data.class_names)
             tracker.log_artifact(run_id, tmp)
         say(f"refit of {refit_of} on train+val for {epochs} epochs: MLflow run {run_id}")
-        del model, train_ds, callbacks
+        del model, network, train_ds, callbacks
         _release(keras)
         return run_id
 
@@ -219,27 +220,29 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     num_classes = len(data.class_names)
     steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
     normalization = normalization_for(cfg.architecture)
-    train_ds = _training_data(data, train_files.split, cfg, global_batch, acc, normalization)
+    on_device = _preprocess_on_device(cfg, acc)
+    train_ds = _training_data(data, train_files.split, cfg, global_batch, acc, normalization, on_device)
     val_ds = pipeline.make_dataset(
         data.root,
         "val",
         image_size=cfg.image_size,
         batch_size=global_batch,
-        normalization=normalization,
+        normalization="none" if on_device else normalization,
         with_ids=True,
         num_classes=num_classes,
     )
     val_ids, val_labels = _ids_and_labels(val_ds)
+    val_pairs = val_ds.map(lambda image, label, record_id: (image, label))
     val_images = val_ds.map(lambda image, label, record_id: image)
 
     tracker.log_params(
         run_id,
-        _run_params(exp, data, train_files, acc, global_batch, steps, normalization, val_images=val_files.count),
+        _run_params(exp, data, train_files, acc, global_batch, steps, normalization, on_device, val_images=val_files.count),
     )
 
     # --- model
     try:
-        model = _compiled_model(cfg, acc, schedule, num_classes)
+        model, network = _compiled_model(cfg, acc, schedule, num_classes, normalization, on_device)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         _release(keras)
         raise out_of_memory(cfg, exc) from None
@@ -248,31 +251,36 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     timer = _EpochTimer(steps * global_batch)
     start = cfg.early_stopping_start_epoch
     start = cfg.lr_rampup_epochs + cfg.lr_sustain_epochs if start is None else start
-    validation = _Validation(val_images, val_labels, num_classes, cfg.early_stopping_patience, start)
+    best = _BestEpoch(cfg.early_stopping_patience, start)
     logger = _Logger(tracker, run_id, schedule, acc.replicas, cfg.epochs, say, pruning_hook)
     callbacks = [
-        timer,  # first: its epoch time excludes the validation pass below
+        timer,
         _StopOnNonFinite(),
         keras.callbacks.LearningRateScheduler(lambda epoch, _lr: schedule.lr(epoch, acc.replicas)),
-        validation,  # adds val_loss / val_accuracy / val_macro_f1 for the callbacks after it
+        best,
         logger,
         *extra_callbacks,
     ]
     pruned: Pruned | None = None
     try:
-        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+        # Keras validates the whole split each epoch (val_loss, val_accuracy and the streaming
+        # val_macro_f1, on the accelerator), before the callbacks' on_epoch_end.
+        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_pairs,
+                  callbacks=callbacks, verbose=0, shuffle=False)
     except Pruned as exc:
         pruned = exc
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         # Free this trial's graph so that the sweep's next trial has the memory back.
         _release(keras)
         raise out_of_memory(cfg, exc) from None
-    validation.restore_best(model)
+    best.restore_best(model)
 
     # --- evaluate and log
-    best_epoch = validation.best_epoch
+    # One predict with the best weights gives the probabilities the ensemble needs.
+    val_probs = model.predict(val_images, verbose=0).astype(np.float32)
+    best_epoch = best.best_epoch
     summary = {
-        "best_val_macro_f1": validation.best_f1,
+        "best_val_macro_f1": best.best_f1,
         "best_epoch": best_epoch,
         "epochs_run": len(logger.history),
         "first_epoch_time_s": timer.times[0] if timer.times else None,
@@ -283,23 +291,23 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         summary["pruned_at_epoch"] = pruned.epoch
     tracker.log_metrics(run_id, summary)
     _save_artifacts(
-        tracker, run_id, model, exp, schedule, acc.replicas, logger.history, val_ids, val_labels, validation.best_probs, data.class_names
+        tracker, run_id, network, exp, schedule, acc.replicas, logger.history, val_ids, val_labels, val_probs, data.class_names
     )
     state = "pruned" if pruned is not None else "finished"
     tracker.set_tags(run_id, {TAG_STATE: state})
-    say(f"best val_macro_f1 {validation.best_f1:.4f} at epoch {best_epoch} ({state}); MLflow run {run_id}")
+    say(f"best val_macro_f1 {best.best_f1:.4f} at epoch {best_epoch} ({state}); MLflow run {run_id}")
     result = RunResult(
         run_id=run_id,
         state=state,
-        best_val_macro_f1=validation.best_f1,
+        best_val_macro_f1=best.best_f1,
         best_epoch=best_epoch,
         epochs_run=len(logger.history),
         history=logger.history,
         val_ids=val_ids,
         val_labels=val_labels,
-        val_probs=validation.best_probs,
+        val_probs=val_probs,
     )
-    del model, train_ds, val_ds, val_images, callbacks, validation
+    del model, network, train_ds, val_ds, val_pairs, val_images, callbacks, best
     _release(keras)
     return result
 
@@ -317,7 +325,14 @@ def _setup(cfg: ExperimentConfig, say: Callable[[str], None]):
     return acc, global_batch, schedule_for(cfg)
 
 
-def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, acc, normalization: str):
+def _preprocess_on_device(cfg: ExperimentConfig, acc) -> bool:
+    """Whether augmentation and normalisation run in the training step (``augment.runs_on``)."""
+    if cfg.augment.runs_on == "auto":
+        return acc.kind in ("gpu", "tpu")
+    return cfg.augment.runs_on == "device"
+
+
+def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, acc, normalization: str, on_device: bool):
     from .data import pipeline
 
     return pipeline.make_dataset(
@@ -325,8 +340,8 @@ def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, a
         split,
         image_size=cfg.image_size,
         batch_size=global_batch,
-        normalization=normalization,
-        augment_cfg=cfg.augment,
+        normalization="none" if on_device else normalization,
+        augment_cfg=None if on_device else cfg.augment,
         extra=[pipeline.DataSource(root, splits) for root, splits in data.extra],
         shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed,
@@ -335,15 +350,21 @@ def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, a
     )
 
 
-def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int):
-    """The configured network, built and compiled under the accelerator's strategy and precision."""
+def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int, normalization: str, on_device: bool):
+    """The configured network, built and compiled under the accelerator's strategy and precision.
+
+    Returns ``(model to fit, network to save)``: the same model, or with ``on_device`` the
+    network behind a :class:`~flower_exp.device_preprocessing.DevicePreprocessing` stage that
+    takes the pipeline's ``uint8`` batches (both share the network's weights).
+    """
     import keras
 
+    from .metrics import MacroF1
     from .models import create_model
     from .strategy import precision_policy
 
     with precision_policy(acc.precision), acc.strategy.scope():
-        model = create_model(
+        network = create_model(
             cfg.architecture,
             num_classes=num_classes,
             image_size=cfg.image_size,
@@ -354,17 +375,22 @@ def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classe
             cnn_dropout=cfg.cnn_dropout,
             cnn_bn_momentum=cfg.cnn_bn_momentum,
         )
+        model = network
+        if on_device:
+            from .device_preprocessing import training_model
+
+            model = training_model(network, cfg.image_size, cfg.augment, normalization, cfg.seed)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
             loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(num_classes)],
             jit_compile=cfg.jit_compile,
             steps_per_execution=cfg.steps_per_execution,
         )
-    return model
+    return model, network
 
 
-def _run_params(exp, data, train_files, acc, global_batch, steps, normalization, **extra) -> dict[str, Any]:
+def _run_params(exp, data, train_files, acc, global_batch, steps, normalization, on_device, **extra) -> dict[str, Any]:
     from .data.leakage import data_fingerprint
 
     cfg = exp.config
@@ -376,6 +402,7 @@ def _run_params(exp, data, train_files, acc, global_batch, steps, normalization,
         **extra,
         "stored_image_size": train_files.stored_size,
         "normalization": normalization,
+        "preprocessing_on": "device" if on_device else "host",
         "accelerator": acc.kind,
         "replicas": acc.replicas,
         "global_batch_size": global_batch,
@@ -408,17 +435,25 @@ def callback_base():
 
 
 class _EpochTimer(callback_base()):
+    """Training time of each epoch (the validation pass excluded) and images/s."""
+
     def __init__(self, images_per_epoch: int):
         super().__init__()
         self.images_per_epoch = images_per_epoch
         self.times: list[float] = []
         self._start = 0.0
+        self._train_end: float | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._train_end = None
+
+    def on_test_begin(self, logs=None):
+        # fit's validation pass starts here: the epoch's training part is over.
+        self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        elapsed = time.perf_counter() - self._start
+        elapsed = (self._train_end or time.perf_counter()) - self._start
         self.times.append(elapsed)
         if logs is not None:
             logs["epoch_time_s"] = elapsed
@@ -444,40 +479,29 @@ class _StopOnNonFinite(callback_base()):
             )
 
 
-class _Validation(callback_base()):
-    """Full-validation-set loss, accuracy and macro-F1 (the competition metric) each epoch,
-    with the best epoch's weights and probabilities kept in memory (one model, not one
-    checkpoint per epoch) and early stopping on macro-F1."""
+class _BestEpoch(callback_base()):
+    """Keeps the best epoch by validation macro-F1 (weights and epoch in memory: one model,
+    not one checkpoint per epoch) and stops early on it. The scores come from Keras' own
+    validation pass (``val_loss``, ``val_accuracy``, the streaming ``val_macro_f1``)."""
 
-    def __init__(self, images, labels: np.ndarray, num_classes: int, patience: int, start_epoch: int):
+    def __init__(self, patience: int, start_epoch: int):
         super().__init__()
         self.start_epoch = start_epoch
-        self.images = images
-        self.labels = labels
-        self.num_classes = num_classes
         self.patience = patience
         self.best_f1 = -1.0
         self.best_epoch = 0
-        self.best_probs: np.ndarray | None = None
         self._best_weights = None
         self._wait = 0
 
     def on_epoch_end(self, epoch, logs=None):
-        from sklearn.metrics import f1_score
-
-        probs = self.model.predict(self.images, verbose=0).astype(np.float64)
-        if not np.all(np.isfinite(probs)):
-            raise NonFiniteLoss(f"validation probabilities became NaN/inf at epoch {epoch + 1}; lower lr_max")
-        predicted = probs.argmax(axis=1)
-        picked = np.clip(probs[np.arange(len(self.labels)), self.labels], 1e-7, 1.0)
-        f1 = float(f1_score(self.labels, predicted, average="macro", labels=np.arange(self.num_classes), zero_division=0))
-        logs.update(
-            val_loss=float(-np.log(picked).mean()),
-            val_accuracy=float((predicted == self.labels).mean()),
-            val_macro_f1=f1,
-        )
+        logs = logs or {}
+        if "val_macro_f1" not in logs:
+            return
+        if not (math.isfinite(logs["val_loss"]) and math.isfinite(logs["val_macro_f1"])):
+            raise NonFiniteLoss(f"validation loss became {logs['val_loss']} at epoch {epoch + 1}; lower lr_max")
+        f1 = float(logs["val_macro_f1"])
         if f1 > self.best_f1:
-            self.best_f1, self.best_epoch, self.best_probs = f1, epoch + 1, probs.astype(np.float32)
+            self.best_f1, self.best_epoch = f1, epoch + 1
             self._best_weights = self.model.get_weights()
             self._wait = 0
         else:

@@ -36,19 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from projects import write_project  # noqa: E402  (the tests' tiny project)
 
 STUDY = "soak-soak"  # <experiment>-<sweep file stem>
-TINY = {
-    "image_size": 32,
-    "batch_size_per_replica": 16,
-    "shuffle_buffer": 64,
-    "architecture": "cnn",
-    "cnn_width": 8,
-    "cnn_depth": 2,
-    "lr_rampup_epochs": 0,
-    "lr_sustain_epochs": 1,
-}
 # Generous for a shared, loaded machine: a live trial whose heartbeat is late must not look dead.
 GRACE_S = 6
 FINAL_EXTRA_TRIALS = 2  # new trials the clean final sweep runs after the retries
@@ -68,12 +59,7 @@ def sweep_file(epochs: int, trials: int, seed: int) -> dict[str, Any]:
 
 def make_project(root: Path, data_dir: str, epochs: int, trials: int, seed: int) -> Path:
     """A project folder: experiments.yaml (experiment ``soak``) and sweeps/soak.yaml."""
-    root.mkdir(parents=True, exist_ok=True)
-    config = {"default": "soak", "experiments": {"soak": {"data_dir": data_dir, **TINY, "epochs": epochs}}}
-    (root / "experiments.yaml").write_text(yaml.safe_dump(config))
-    (root / "sweeps").mkdir(exist_ok=True)
-    (root / "sweeps" / "soak.yaml").write_text(yaml.safe_dump(sweep_file(epochs, trials, seed), sort_keys=False))
-    return root
+    return write_project(root, data_dir, "soak", sweep_file(epochs, trials, seed), epochs=epochs)
 
 
 def make_data(folder: Path) -> str:

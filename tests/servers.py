@@ -11,6 +11,9 @@ Fixtures (register them in ``conftest.py`` with
   -> "http://127.0.0.1:PORT"`` that starts ``mlflow server`` and stops it after the test.
 
 Without fixtures: ``postgres_cluster()`` and ``mlflow_server_process(...)`` are context managers.
+
+Also a local HTTP server for a test's own routes (image URLs): subclass ``QuietHandler``, serve it
+with ``http_server(handler)``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -472,3 +476,48 @@ def mlflow_server(tmp_path_factory) -> Iterator[Callable[..., str]]:
 
     with stack:
         yield start
+
+
+# --------------------------------------------------------------------------------------------
+# Local HTTP server for image URLs
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """Base for a test's HTTP routes: HTTP/1.1, no request log, and ``reply`` for a whole response.
+
+    A subclass writes ``do_GET`` and answers with ``self.reply(...)``.
+    """
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def reply(self, code: int, body: bytes, content_type: str = "image/jpeg", length: int | None = None,
+              location: str | None = None) -> None:
+        """Status, Content-Type, Content-Length (``length`` may claim other than ``len(body)``),
+        ``Location`` if given, then ``body``."""
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        if location:
+            self.send_header("Location", location)
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client hung up, as it should for some routes
+            pass
+
+
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) from a daemon thread; yields the base URL
+    ``http://127.0.0.1:PORT`` and shuts the server down on exit."""
+    httpd = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{LOOPBACK}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -14,15 +14,14 @@ import json
 import multiprocessing
 import shutil
 import struct
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import assert_one_line_error
+from servers import QuietHandler, http_server
 
 TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 32, "architecture": "cnn",
         "cnn_width": 4, "cnn_depth": 1, "epochs": 1, "lr_rampup_epochs": 0, "lr_sustain_epochs": 0}
@@ -133,44 +132,23 @@ def png_bomb(side: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _send(self, code: int, body: bytes, content_type: str, length: int | None = None, location: str | None = None):
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        if location:
-            self.send_header("Location", location)
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:  # the client hung up, as it should for some routes
-            pass
-
+class _Handler(QuietHandler):
     def do_GET(self):  # noqa: N802 - http.server API
         routes = {
-            "/flower.jpg": lambda: self._send(200, jpeg_bytes(), "image/jpeg"),
-            "/to-file": lambda: self._send(302, b"", "text/plain", location="file:///etc/passwd"),
-            "/to-ftp": lambda: self._send(301, b"", "text/plain", location="ftp://127.0.0.1/x.jpg"),
-            "/ten-gb": lambda: self._send(200, b"x" * 100, "image/jpeg", length=10 * 2**30),
-            "/bomb.png": lambda: self._send(200, png_bomb(), "image/png"),
-            "/text.jpg": lambda: self._send(200, b"<html>not an image</html>", "image/jpeg"),
+            "/flower.jpg": lambda: self.reply(200, jpeg_bytes(), "image/jpeg"),
+            "/to-file": lambda: self.reply(302, b"", "text/plain", location="file:///etc/passwd"),
+            "/to-ftp": lambda: self.reply(301, b"", "text/plain", location="ftp://127.0.0.1/x.jpg"),
+            "/ten-gb": lambda: self.reply(200, b"x" * 100, "image/jpeg", length=10 * 2**30),
+            "/bomb.png": lambda: self.reply(200, png_bomb(), "image/png"),
+            "/text.jpg": lambda: self.reply(200, b"<html>not an image</html>", "image/jpeg"),
         }
-        routes.get(self.path, lambda: self._send(404, b"not found", "text/plain"))()
+        routes.get(self.path, lambda: self.reply(404, b"not found", "text/plain"))()
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(_Handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

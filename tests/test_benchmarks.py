@@ -61,11 +61,14 @@ def test_overhead_smoke(tmp_path):
     result = run_smoke("overhead", tmp_path)
     ratio = numbers(result["measured"].split("after")[0])[0]
     assert 0 < ratio < 100
-    # Every harness callback is costed, the per-epoch validation pass among them.
-    for label in ("epoch timer", "NaN guard", "LR scheduler", "full-val macro-F1", "MLflow logger"):
+    # Every harness callback is costed, and both variants' validation passes are timed.
+    for label in ("epoch timer", "NaN guard", "LR scheduler", "best epoch + early stopping", "MLflow logger"):
         assert f"| {label}" in result["table_md"]
-    f1_row = next(line for line in result["table_md"].splitlines() if line.startswith("| full-val macro-F1"))
-    assert numbers(f1_row.split("|")[3])[0] > 0
+    logger_row = next(line for line in result["table_md"].splitlines() if line.startswith("| MLflow logger"))
+    assert numbers(logger_row.split("|")[3])[0] > 0
+    validation = next(line for line in result["table_md"].splitlines() if line.startswith("Validation pass"))
+    bare_ms, trial_ms = numbers(validation.split("bare")[1])[0], numbers(validation.split("trial")[1])[0]
+    assert bare_ms > 0 and trial_ms > 0
 
 
 def test_memory_smoke(tmp_path):
@@ -94,6 +97,20 @@ def test_write_result_checks_keys(tmp_path):
     with pytest.raises(ValueError, match="unknown \\['extra'\\]"):
         common.write_result(tmp_path, **fields, extra=1)
     assert common.median([3, 1, 2]) == 2
+
+
+def test_finish_plots_full_runs_only(tmp_path, capsys):
+    fields = dict(name="x", title="X", goal="g", measured="m 1.0", table_md="", notes_md="n")
+    drawn = []
+    for smoke in (True, False):
+        args = common.parse_args("x", ["--out", str(tmp_path / str(smoke))] + (["--smoke"] if smoke else []))
+        path = common.finish(args, goal_met=True, draw=lambda p: (drawn.append(p), p.write_bytes(b"png")), **fields)
+        written = json.loads(path.read_text())
+        assert path == args.out / "x.json" and written["smoke"] is smoke
+        assert written["goal_met"] is (None if smoke else True)  # a smoke run meets no goal
+        assert f"m 1.0\nwrote {path}\n" in capsys.readouterr().out
+    assert drawn == [(tmp_path / "False" / "x.png").resolve()]  # the smoke run drew nothing
+    assert written["plots"] == [str(drawn[0])]  # outside the repo: the absolute path
 
 
 def result(name: str, **changes) -> dict:

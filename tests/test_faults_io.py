@@ -104,46 +104,47 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def full_or_unwritable(folder: Path):
-    """``folder`` on a real full filesystem (a tmpfs filled up; needs root) or, without root,
-    made read-only. Yields the errno writes will fail with."""
+def _tmpfs_or_read_only(folder: Path, mount_options: str, cannot_mount: str):
+    """As root (which ignores permissions): a tmpfs mounted on ``folder`` with ``mount_options``
+    (the test is skipped with ``cannot_mount`` where that fails), yields True. Otherwise
+    ``folder`` made read-only by permissions, yields False. Undone on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         folder.chmod(0o555)
         try:
-            yield errno.EACCES
+            yield False
         finally:
             folder.chmod(0o755)
         return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (root without CAP_SYS_ADMIN) and root ignores permissions")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", mount_options, "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip(cannot_mount)
     try:
-        with contextlib.suppress(OSError), open(folder / "filler", "wb") as fh:
-            while True:
-                fh.write(b"\0" * 4096)
-                fh.flush()
-        yield errno.ENOSPC
+        yield True
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 @contextlib.contextmanager
+def full_or_unwritable(folder: Path):
+    """``folder`` on a real full filesystem (a tmpfs filled up; needs root) or, without root,
+    made read-only. Yields the errno writes will fail with."""
+    with _tmpfs_or_read_only(folder, "size=256k", "cannot mount a tmpfs here (root without CAP_SYS_ADMIN) and "
+                             "root ignores permissions") as mounted:
+        if not mounted:
+            yield errno.EACCES
+            return
+        with contextlib.suppress(OSError), open(folder / "filler", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+        yield errno.ENOSPC
+
+
+@contextlib.contextmanager
 def read_only(folder: Path):
     """``folder`` read-only even for root (a read-only tmpfs mount), else by permissions."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here and root ignores permissions")
-    try:
+    with _tmpfs_or_read_only(folder, "ro,size=64k", "cannot mount a read-only tmpfs here and root ignores permissions"):
         yield
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 # --------------------------------------------------------------------------- fault 4: tracking server

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import struct
 import uuid
@@ -97,6 +98,16 @@ def first_record_cut_by(data: bytes, cut: int) -> int:
         position, index = end, index + 1
 
 
+def assert_refused_then_skipped(root: Path, problem: str, split: str, records_read: int) -> None:
+    """``inspect_dataset`` refuses ``root`` with ``problem``; with ``skip_corrupt`` it lists the
+    problem and reads ``records_read`` records of ``split``."""
+    with pytest.raises(DataError, match=re.escape(problem)):
+        inspect_dataset(str(root))
+    report = inspect_dataset(str(root), skip_corrupt=True)
+    assert report.splits[split].records_read == records_read
+    assert any(p.startswith(problem) for p in report.problems)
+
+
 def test_counts_sizes_and_class_histogram(dataset):
     report = inspect_dataset(dataset)
     assert report.size == 48  # the largest available
@@ -153,11 +164,7 @@ def test_record_missing_keys(copy):
     good = encode_example(jpeg(), "aaaaaaaa1", 0)
     no_image = raw_example(id=b"aaaaaaaa2", **{"class": 1})
     path = replace_split(copy, "val", [good, no_image, encode_example(jpeg(seed=3), "aaaaaaaa3", 2)])
-    with pytest.raises(DataError, match=rf"{path}: record 1: missing key\(s\) image"):
-        inspect_dataset(str(copy))
-    report = inspect_dataset(str(copy), skip_corrupt=True)
-    assert report.splits["val"].records_read == 2
-    assert any(p.startswith(f"{path}: record 1: missing key(s) image") for p in report.problems)
+    assert_refused_then_skipped(copy, f"{path}: record 1: missing key(s) image", "val", 2)
 
 
 def test_non_jpeg_image(copy):
@@ -172,11 +179,7 @@ def test_jpeg_header_with_undecodable_body(copy):
     broken = whole[: int(len(whole) * 0.6)]  # SOI, tables and SOS intact; scan data cut short
     assert broken.startswith(b"\xff\xd8\xff")
     path = replace_split(copy, "val", [encode_example(broken, "cccccccc0", 0), encode_example(whole, "cccccccc1", 1)])
-    with pytest.raises(DataError, match=rf"{path}: record 0: JPEG data cannot be decoded"):
-        inspect_dataset(str(copy))
-    report = inspect_dataset(str(copy), skip_corrupt=True)
-    assert report.splits["val"].records_read == 1
-    assert any(p.startswith(f"{path}: record 0: JPEG data cannot be decoded") for p in report.problems)
+    assert_refused_then_skipped(copy, f"{path}: record 0: JPEG data cannot be decoded", "val", 1)
 
 
 def test_labeled_record_without_class(copy):

@@ -316,6 +316,28 @@ def test_augment_parts():
         assert np.ptp(s[inside]) < 1e-3 and abs(s[inside][0]) <= 0.2 * 255 + 1e-3
 
 
+@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(crop_scale=0.5, brightness=0.0, contrast=0.0),
+                                 AugmentConfig(flip=False, crop_scale=0.7)])
+def test_matmul_resampling_equals_crop_and_resize_and_compiles_with_xla(cfg):
+    batch = tf.constant(np.random.default_rng(2).integers(0, 256, (6, 29, 29, 3)), tf.uint8)
+    reference = pipeline.augment(batch, cfg, seed=5).numpy()
+    np.testing.assert_allclose(pipeline.augment(batch, cfg, seed=5, resample="matmul").numpy(), reference, atol=5e-3)
+    # Under XLA the random draws may differ from eager, so compare the resampling alone.
+    y1, x1, y2, x2 = (tf.constant(v, tf.float32) for v in ([0.0, 0.2, 0.1], [0.0, 0.9, 0.3], [1.0, 0.8, 0.95], [1.0, 0.2, 0.9]))
+    compiled = tf.function(pipeline._resample_matmul, jit_compile=True)
+    images = tf.cast(batch[:3], tf.float32)
+    expected = tf.image.crop_and_resize(images, tf.stack([y1, x1, y2, x2], 1), tf.range(3), [29, 29])
+    np.testing.assert_allclose(compiled(images, y1, x1, y2, x2).numpy(), expected.numpy(), atol=5e-3)
+    with pytest.raises(DataError, match="unknown resample 'nearest'; allowed: crop_and_resize, matmul"):
+        pipeline.augment(batch, cfg, resample="nearest")
+
+
+def test_normalization_none_ships_uint8(data):
+    images, _labels = next(iter(make_dataset(data.root, "train", image_size=32, batch_size=4, normalization="none",
+                                             augment_cfg=None, seed=0)))
+    assert images.dtype == tf.uint8 and images.shape == (4, 32, 32, 3)
+
+
 # --------------------------------------------------------------------------- order, ids, splits
 
 

@@ -7,10 +7,8 @@ import io
 import json
 import shutil
 import struct
-import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from flower_exp import models
 from flower_exp.errors import FlowerExpError
 from flower_exp.export import ExportMember, write_export
 from flower_exp.predictor import fetch_image, load_export, load_image, predict_arrays, predict_sources, predict_test
+from servers import QuietHandler, http_server
 
 NUM_CLASSES = 4  # the demo_root fixture's class count
 CLASSES = ["c0", "c1", "c2", "c3"]
@@ -277,31 +276,17 @@ def test_tta(ens):
 # --------------------------------------------------------------------------- URLs
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     image = b""
-
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _send(self, code: int, body: bytes, content_type: str = "image/jpeg", length: int | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        try:
-            self.wfile.write(body)
-        except OSError:  # the client hung up, as it should for some routes
-            pass
 
     def do_GET(self):  # noqa: N802 - http.server API
         path = self.path
         if path == "/flower.jpg":
-            self._send(200, self.image)
+            self.reply(200, self.image)
         elif path == "/text.jpg":
-            self._send(200, b"<html>not an image</html>", "text/html")
+            self.reply(200, b"<html>not an image</html>", "text/html")
         elif path == "/huge":
-            self._send(200, b"x" * 100, length=10**12)  # claims a terabyte
+            self.reply(200, b"x" * 100, length=10**12)  # claims a terabyte
         elif path == "/chunked":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -315,35 +300,24 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         elif path == "/slow":
             time.sleep(1.5)
-            self._send(200, self.image)
+            self.reply(200, self.image)
         elif path == "/to-file":
-            self.send_response(302)
-            self.send_header("Location", "file:///etc/passwd")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(302, b"", "text/plain", location="file:///etc/passwd")
         elif path == "/to-flower":
-            self.send_response(301)
-            self.send_header("Location", "/flower.jpg")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.reply(301, b"", "text/plain", location="/flower.jpg")
         elif path == "/big.png":
-            self._send(200, png_header_only(10_000, 10_000), "image/png")
+            self.reply(200, png_header_only(10_000, 10_000), "image/png")
         elif path == "/bomb.png":
-            self._send(200, png_header_only(100_000, 100_000), "image/png")
+            self.reply(200, png_header_only(100_000, 100_000), "image/png")
         else:
-            self._send(404, b"not found", "text/plain")
+            self.reply(404, b"not found", "text/plain")
 
 
 @pytest.fixture(scope="module")
 def server():
     _Handler.image = jpeg_bytes(120, 90, seed=7)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(_Handler) as url:
+        yield url
 
 
 def test_fetch_valid_image_and_redirect(server):

@@ -13,22 +13,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flower_exp.study import ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN, HEARTBEAT_ATTR
 from flower_exp.tracking import TAG_KIND, TAG_STATE
+from projects import write_project
 
-TINY = {
-    "image_size": 32,
-    "batch_size_per_replica": 16,
-    "shuffle_buffer": 64,
-    "architecture": "cnn",
-    "cnn_width": 8,
-    "cnn_depth": 2,
-    "epochs": 2,
-    "lr_rampup_epochs": 0,
-    "lr_sustain_epochs": 1,
-}
 GRACE_S = 4
 SWEEP = {
     "trials": 4,
@@ -46,11 +35,7 @@ RUN_LINE = re.compile(r"^(?:\[worker (\d+)\] )?trial (\d+): best val_macro_f1 \S
 
 @pytest.fixture
 def project(tmp_path, demo_root):
-    config = {"default": "tiny", "experiments": {"tiny": {"data_dir": demo_root, **TINY}}}
-    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "sweeps").mkdir()
-    (tmp_path / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
-    return tmp_path
+    return write_project(tmp_path, demo_root, "tiny", SWEEP, epochs=2)
 
 
 def _env() -> dict[str, str]:

@@ -77,6 +77,10 @@ def test_cnn_run_logs_everything_and_model_reproduces_val_probs(project, tracker
     stored = np.load(local / "val_probs.npz")
     assert stored["probs"].shape == (len(stored["ids"]), 4)
     np.testing.assert_allclose(stored["probs"].sum(axis=1), 1.0, rtol=1e-4)
+    # The streaming val_macro_f1 of the best epoch is the exact macro-F1 of its probabilities.
+    from flower_exp.ensemble import macro_f1
+
+    assert result.best_val_macro_f1 == pytest.approx(macro_f1(stored["probs"], stored["labels"], 4), abs=1e-6)
     # The saved model is the best epoch's: it reproduces the logged probabilities.
     from flower_exp.data.pipeline import make_dataset
     from flower_exp.models import load_model

@@ -12,7 +12,8 @@ validation batched and cached), with three changes that keep memory and CPU time
 
 Element structure: train / train+val / val yield ``(image, label)`` or, with ``with_ids``,
 ``(image, label, id)``; test yields ``(image, id)``. Images are ``float32 [B, S, S, 3]`` in the
-requested normalisation, labels ``int32``, ids ``string``.
+requested normalisation (``uint8`` with ``none``: a model that augments and normalises on the
+accelerator, see :mod:`flower_exp.device_preprocessing`), labels ``int32``, ids ``string``.
 
 With ``cache`` on, decoded images are kept in memory once per process and shared by every
 dataset later built over the same shards and image size (a sweep worker decodes each split
@@ -52,7 +53,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; TensorFlow is imported lazi
 
     from ..config import AugmentConfig
 
-NORMALIZATIONS = ("raw", "unit", "tf", "torch")
+NORMALIZATIONS = ("raw", "unit", "tf", "torch", "none")
+RESAMPLERS = ("crop_and_resize", "matmul")
 SPLITS = ("train", "val", "test", "train+val")
 TRAINING_SPLITS = ("train", "train+val")
 EXTRA_SPLITS = ("train", "val")
@@ -186,10 +188,13 @@ def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
     """Scale 0..255 pixels (any dtype, any leading shape) to what a model family expects.
 
     ``raw``: float 0..255 (keras.applications EfficientNet rescales inside the model);
-    ``unit``: 0..1; ``tf``: -1..1; ``torch``: 0..1 then ImageNet mean/std per channel.
+    ``unit``: 0..1; ``tf``: -1..1; ``torch``: 0..1 then ImageNet mean/std per channel;
+    ``none``: unchanged (``uint8`` batches for a model that normalises on the accelerator).
     """
     tf = tensorflow()
     _check_normalization(mode)
+    if mode == "none":
+        return image
     x = tf.cast(image, tf.float32)
     if mode == "raw":
         return x
@@ -202,7 +207,7 @@ def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
     return (x / 255.0 - mean) / std
 
 
-def augment(image: tf.Tensor, cfg: AugmentConfig, seed: Any = None) -> tf.Tensor:
+def augment(image: tf.Tensor, cfg: AugmentConfig, seed: Any = None, resample: str = "crop_and_resize") -> tf.Tensor:
     """Randomly flip, crop-and-zoom, brighten and re-contrast one image or a batch.
 
     ``image``: ``[S, S, 3]`` or ``[B, S, S, 3]``, 0..255, any dtype; returns ``float32`` of the
@@ -217,8 +222,15 @@ def augment(image: tf.Tensor, cfg: AugmentConfig, seed: Any = None) -> tf.Tensor
     ``seed`` (an int or a shape-[2] integer tensor) makes the result a pure function of
     image and seed (stateless random ops); ``None`` draws fresh randomness on every call.
     ``cfg.enabled`` is the caller's switch: this function applies what ``cfg`` describes.
+
+    ``resample`` picks the bilinear flip + crop-and-zoom kernel, same result either way:
+    ``crop_and_resize`` (cheapest on a CPU, but no XLA kernel) or ``matmul`` (two batched
+    matrix products with interpolation matrices: XLA compiles it, so it runs inside a
+    TPU/GPU training step, where matrix products are nearly free).
     """
     tf = tensorflow()
+    if resample not in RESAMPLERS:
+        raise DataError(f"unknown resample {resample!r}; allowed: {', '.join(RESAMPLERS)}")
     x = image
     single = x.shape.rank == 3
     if single:
@@ -244,8 +256,11 @@ def augment(image: tf.Tensor, cfg: AugmentConfig, seed: Any = None) -> tf.Tensor
         if cfg.flip:
             flip = uniform(2, [batch]) < 0.5
             x1, x2 = tf.where(flip, x2, x1), tf.where(flip, x1, x2)
-        boxes = tf.stack([y1, x1, y2, x2], axis=1)
-        x = tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.shape(x)[1:3], method="bilinear")
+        if resample == "matmul":
+            x = _resample_matmul(tf.cast(x, tf.float32), y1, x1, y2, x2)
+        else:
+            boxes = tf.stack([y1, x1, y2, x2], axis=1)
+            x = tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.shape(x)[1:3], method="bilinear")
         x.set_shape(static_shape)
     else:
         x = tf.cast(x, tf.float32)
@@ -262,6 +277,29 @@ def augment(image: tf.Tensor, cfg: AugmentConfig, seed: Any = None) -> tf.Tensor
             x = x + d
     x = tf.clip_by_value(x, 0.0, 255.0)
     return x[0] if single else x
+
+
+def _resample_matmul(x: tf.Tensor, y1: tf.Tensor, x1: tf.Tensor, y2: tf.Tensor, x2: tf.Tensor) -> tf.Tensor:
+    """``crop_and_resize`` (bilinear, output size = input size) as ``Ry @ image @ Rx^T``.
+
+    Row ``i`` of ``Ry`` holds the bilinear weights of output row ``i``: the "hat" function
+    ``max(0, 1 - |src - k|)`` of its source coordinate ``src = y1·(H-1) + i·(y2-y1)·(H-1)/(H-1)``
+    (crop_and_resize's sampling grid). Boxes stay inside the image, so no extrapolation.
+    """
+    tf = tensorflow()
+
+    def weights(start: tf.Tensor, end: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+        last = tf.cast(n - 1, tf.float32)
+        steps = tf.cast(tf.range(n), tf.float32) / tf.maximum(last, 1.0)
+        source = (start[:, None] + steps[None, :] * (end - start)[:, None]) * last  # [B, n]
+        grid = tf.cast(tf.range(n), tf.float32)
+        return tf.nn.relu(1.0 - tf.abs(source[:, :, None] - grid[None, None, :]))  # [B, out, in]
+
+    shape = tf.shape(x)
+    rows = weights(y1, y2, shape[1])
+    cols = weights(x1, x2, shape[2])
+    x = tf.einsum("bik,bklc->bilc", rows, x)
+    return tf.einsum("bjl,bilc->bijc", cols, x)
 
 
 # --------------------------------------------------------------------------- datasets
