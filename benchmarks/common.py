@@ -7,6 +7,7 @@ Every script writes ``<out>/<name>.json`` with the same keys (see ``RESULT_KEYS`
 from __future__ import annotations
 
 import argparse
+import tempfile
 import datetime as _dt
 import json
 import os
@@ -142,9 +143,20 @@ def parse_args(description: str, argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run at the tiniest sizes (tests, CI)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="folder for <name>.json and plots (default: benchmarks/results)")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for <name>.json and plots (default: benchmarks/results; "
+                             "with --smoke a new temporary folder, so a smoke run never replaces a result)")
+    args = parser.parse_args(argv)
+    args.out = output_folder(args.out, args.smoke)
+    return args
+
+
+def output_folder(out: Path | None, smoke: bool) -> Path:
+    """``out``, else benchmarks/results, or for a smoke run a new temporary folder (a smoke
+    run must never replace a measured result)."""
+    if out is not None:
+        return out
+    return Path(tempfile.mkdtemp(prefix="flower-exp-bench-smoke-")) if smoke else DEFAULT_OUT
 
 
 def finish(args: argparse.Namespace, *, goal_met, draw=None, **fields) -> Path:

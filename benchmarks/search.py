@@ -464,12 +464,14 @@ def run_parallel(setup: Setup, jobs: int, smoke: bool) -> dict[str, list[EpochLo
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run at the tiniest sizes (tests, CI)")
-    parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT, help="folder for search.json and the plot")
+    parser.add_argument("--out", type=Path, help="folder for search.json and the plot (default: benchmarks/results; "
+                                                 "with --smoke a new temporary folder)")
     parser.add_argument("--seeds", help=f"comma-separated sampler/tuner seeds (default {','.join(map(str, FULL.seeds))})")
     parser.add_argument("--budget", type=int, help=f"training epochs per method and seed (default {FULL.budget})")
     parser.add_argument("--jobs", type=int, default=1, help="processes to split the seeds over")
     parser.add_argument("--logs-to", type=Path, help=argparse.SUPPRESS)  # a --jobs child: epoch logs only
     args = parser.parse_args(argv)
+    args.out = common.output_folder(args.out, args.smoke)
     setup = SMOKE if args.smoke else FULL
     if args.seeds:
         setup = dataclasses.replace(setup, seeds=tuple(int(s) for s in args.seeds.split(",")))
