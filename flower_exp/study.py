@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from .config import (
     resolve,
 )
 from .errors import DataError, FlowerExpError
-from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, RecordingFailed, Tracker, TrackingTarget, default_target, redact
+from .tracking import TAG_ERROR, TAG_KIND, TAG_PREFIX, TAG_STATE, RecordingFailed, Tracker, TrackingTarget, default_target, redact
 
 TAG_SWEEP = TAG_PREFIX + "sweep"
 TAG_STUDY = TAG_PREFIX + "study"
@@ -414,6 +415,14 @@ def run_sweep(
         except KeyboardInterrupt:
             tracker.set_tags(parent, {TAG_STATE: "killed"})
             tracker.end(parent, "KILLED")
+            raise
+        except Exception as exc:
+            # The sweep stopped on an error (damaged data, tracking store gone, ...): the parent
+            # run must not stay RUNNING in the UI. A rerun resumes the study and reopens it.
+            with contextlib.suppress(Exception):  # the store itself may be what failed
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+                tracker.set_tags(parent, {TAG_STATE: "failed", TAG_ERROR: reason})
+                tracker.end(parent, "FAILED")
             raise
     study = optuna.load_study(study_name=name, storage=store)
     _finish_parent(study, tracker, parent, total, log)

@@ -370,6 +370,10 @@ def test_sweep_on_truncated_shard_stops_naming_the_file(tmp_path, data_copy):
     trials = optuna.load_study(study_name="tiny-tiny", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL"]  # stopped at the first trial, not after 3
     assert not [r for r in _runs(project) if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags]
+    # The sweep's parent run is closed FAILED with the reason, not left RUNNING.
+    parent = next(r for r in _runs(project) if r.data.tags.get("flower_exp.kind") == "sweep")
+    assert parent.info.status == "FAILED" and parent.data.tags["flower_exp.state"] == "failed"
+    assert parent.data.tags["flower_exp.error"].startswith(f"{shard}: ")
 
 
 def test_missing_split_names_the_folder(tmp_path, data_copy):
