@@ -368,13 +368,16 @@ def bind_warning(host: str) -> str | None:
     return f"warning: binding to {host}: anyone who can reach this machine can read and change your runs"
 
 
-def ui_argv(mlflow_bin: str, target, host: str = LOOPBACK, port: int = 5000) -> list[str]:
-    """The ``mlflow ui`` command line for ``target`` (a :class:`TrackingTarget`); the host is
-    always explicit, so MLflow's own default never decides what is exposed."""
-    command = [mlflow_bin, "ui", "--backend-store-uri", target.uri, "--host", host, "--port", str(port)]
+def ui_argv(mlflow_bin: str, target, host: str = LOOPBACK, port: int = 5000) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow ui`` command line for ``target`` (a :class:`TrackingTarget`) and the
+    environment it needs. The host is always explicit, so MLflow's own default never decides
+    what is exposed; the store URI travels in the environment (``MLFLOW_BACKEND_STORE_URI``),
+    not on the command line, where ``ps`` would show a database password to every user."""
+    command = [mlflow_bin, "ui", "--host", host, "--port", str(port)]
     if target.artifact_root:
         command += ["--default-artifact-root", Path(target.artifact_root).as_uri()]
-    return command
+    # The UI needs no job runner (MLflow 3 starts ~8 extra processes, ~2 GB, for it).
+    return command, {"MLFLOW_BACKEND_STORE_URI": target.uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 @app.command("ui")
@@ -397,10 +400,10 @@ def ui_command(
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if mlflow_bin is None:
         raise FlowerExpError("the mlflow command is not installed; pip install mlflow")
-    command = ui_argv(mlflow_bin, target, host, port)
+    command, ui_env = ui_argv(mlflow_bin, target, host, port)
     err.print(f"MLflow UI for {escape(redact(target.uri))} on http://{host}:{port} (Ctrl-C to stop)")
-    # The UI needs no job runner (MLflow 3 starts ~8 extra processes, ~2 GB, for it).
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    # The user's environment may switch the job runner back on, but not change the store.
+    env = {**ui_env, **os.environ, "MLFLOW_BACKEND_STORE_URI": target.uri}
     sys.stdout.flush()
     sys.stderr.flush()
     # Become the server, so signals (Ctrl-C, kill) reach it directly and nothing is orphaned.

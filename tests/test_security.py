@@ -32,14 +32,15 @@ def test_other_hosts_are_warned_about(host):
     assert warning.startswith(f"warning: binding to {host}: ")
 
 
-def test_ui_argv_always_names_the_host():
-    target = TrackingTarget("sqlite:////p/mlruns/mlflow.db", "/p/mlruns/artifacts")
-    argv = cli_mod.ui_argv("/bin/mlflow", target)
+def test_ui_argv_always_names_the_host_and_keeps_the_store_uri_off_the_command_line():
+    target = TrackingTarget(f"postgresql://bob:{PASSWORD}@127.0.0.1/mlflow", "/p/mlruns/artifacts")
+    argv, env = cli_mod.ui_argv("/bin/mlflow", target)
     assert argv[:2] == ["/bin/mlflow", "ui"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--backend-store-uri") + 1] == target.uri
+    assert PASSWORD not in " ".join(argv)  # `ps` shows every user the command line
+    assert env["MLFLOW_BACKEND_STORE_URI"] == target.uri
     assert argv[argv.index("--default-artifact-root") + 1] == "file:///p/mlruns/artifacts"
-    assert cli_mod.ui_argv("/bin/mlflow", target, "0.0.0.0", 8080)[4:8] == ["--host", "0.0.0.0", "--port", "8080"]
+    assert cli_mod.ui_argv("/bin/mlflow", target, "0.0.0.0", 8080)[0][2:6] == ["--host", "0.0.0.0", "--port", "8080"]
 
 
 @pytest.fixture
@@ -80,6 +81,8 @@ def test_ui_redacts_a_tracking_password(exec_calls):
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output + result.stderr
     assert "postgresql://bob:***@127.0.0.1:5432/mlflow" in result.stderr
+    (_path, argv, env), = exec_calls
+    assert PASSWORD not in " ".join(argv) and env["MLFLOW_BACKEND_STORE_URI"] == uri
 
 
 # --------------------------------------------------------------------------- redaction
