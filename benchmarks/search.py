@@ -15,7 +15,7 @@ Tuner's Hyperband resumes trials from checkpoints and trains only the new epochs
 stops the moment its budget is spent. The score of a method after ``n`` epochs is the best
 validation macro-F1 of any epoch it has trained so far.
 
-    .venv/bin/python benchmarks/search.py [--smoke] [--out DIR] [--seeds 1,2,3] [--budget N] [--jobs N]
+    .venv/bin/python benchmarks/search.py [--smoke] [--out DIR] [--seeds 1,2,3] [--budget N] [--trial-epochs N] [--jobs N]
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ class Setup:
 
 # per_class is chosen so train (60%) and val (20%) are whole batches of 32: a ragged last
 # batch makes Keras trace every trial's functions twice, doubling the wall time (not the epochs).
-FULL = Setup(seeds=(1, 2, 3), budget=24, epochs=6, classes=6, per_class=80, image_size=32)
+# 15 full trials per search: enough for TPE to leave its 5 random start-up trials behind, and
+# 10-epoch trials outlast the sampled LR warm-up + sustain (up to 7 epochs).
+FULL = Setup(seeds=(1, 2, 3), budget=150, epochs=10, classes=6, per_class=80, image_size=32)
 SMOKE = Setup(seeds=(1,), budget=4, epochs=2, classes=2, per_class=20, image_size=32)
 
 
@@ -442,7 +444,7 @@ def run_parallel(setup: Setup, jobs: int, smoke: bool) -> dict[str, list[EpochLo
         for i, seeds in enumerate(groups):
             path = Path(tmp) / f"logs{i}.json"
             cmd = [sys.executable, __file__, "--seeds", ",".join(map(str, seeds)), "--budget", str(setup.budget),
-                   "--logs-to", str(path), *(["--smoke"] if smoke else [])]
+                   "--trial-epochs", str(setup.epochs), "--logs-to", str(path), *(["--smoke"] if smoke else [])]
             procs.append((subprocess.Popen(cmd), path, seeds))
         failed = [p.args for p, _, _ in procs if p.wait() != 0]
         if failed:
@@ -468,6 +470,7 @@ def main(argv=None) -> int:
                                                  "with --smoke a new temporary folder)")
     parser.add_argument("--seeds", help=f"comma-separated sampler/tuner seeds (default {','.join(map(str, FULL.seeds))})")
     parser.add_argument("--budget", type=int, help=f"training epochs per method and seed (default {FULL.budget})")
+    parser.add_argument("--trial-epochs", type=int, help=f"epochs of a full trial (default {FULL.epochs})")
     parser.add_argument("--jobs", type=int, default=1, help="processes to split the seeds over")
     parser.add_argument("--logs-to", type=Path, help=argparse.SUPPRESS)  # a --jobs child: epoch logs only
     args = parser.parse_args(argv)
@@ -477,6 +480,8 @@ def main(argv=None) -> int:
         setup = dataclasses.replace(setup, seeds=tuple(int(s) for s in args.seeds.split(",")))
     if args.budget:
         setup = dataclasses.replace(setup, budget=args.budget)
+    if args.trial_epochs:
+        setup = dataclasses.replace(setup, epochs=args.trial_epochs)
     if args.logs_to:
         logs = run_seeds(setup)
         args.logs_to.write_text(json.dumps({m: [{"scores": lg.scores, "trials": lg.trials} for lg in logs[m]]
