@@ -12,7 +12,8 @@ import math
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def run(
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
-        with pipeline.shard_errors_named(train_files, val_files):
+        with pipeline.shard_errors_named(train_files, val_files), _dropping_custom_gradients():
             return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 
@@ -174,7 +175,7 @@ def refit(
     extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
     train_files = pipeline.split_files(data.root, "train+val", cfg.image_size, extra)
     tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture}
-    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id:
+    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, _dropping_custom_gradients():
         acc, global_batch, schedule = _setup(cfg, say)
         steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
         normalization = normalization_for(cfg.architecture)
@@ -419,6 +420,39 @@ def _release(keras) -> None:
     # Free the graph and datasets: a sweep worker runs many trials in one process.
     keras.backend.clear_session()
     gc.collect()
+
+
+@contextmanager
+def _dropping_custom_gradients() -> Iterator[None]:
+    """Unregister the gradient functions TensorFlow registered while the block ran, so that
+    the block's traced graphs can be garbage-collected once it is over.
+
+    Why: Keras' TensorFlow optimizer all-reduces the gradients in every train step, even on one
+    device (``ReplicaContext.all_reduce``), and that op is a ``tf.custom_gradient``. Traced in
+    graph mode (the ``tf.function`` train step), ``tf.custom_gradient`` registers its gradient
+    as ``CustomGradient-<uid>`` in TensorFlow's process-wide gradient registry
+    (``ops._gradient_registry``) and never removes it; the registered closure holds the step's
+    gradient tensors, hence the whole train-step ``FuncGraph`` and, through it, the optimizer's
+    per-variable update graphs. ``keras.backend.clear_session()`` does not touch that
+    registry, so a sweep worker kept every trial's graphs (~18 MiB per trial, see
+    benchmarks/memory.py; TensorFlow issues #27492, #97697). Only names registered inside the
+    block are dropped: they belong to graphs traced for this run, which nothing uses after it.
+    """
+    from ._imports import tensorflow
+
+    tensorflow()
+    from tensorflow.python.framework import ops  # the registry has no public API
+
+    # A private attribute: if a TensorFlow release renames it, skip the cleanup (leak, not crash).
+    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+    before = set(registry) if isinstance(registry, dict) else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
+                del registry[name]
+            gc.collect()
 
 
 # --------------------------------------------------------------------------- callbacks
