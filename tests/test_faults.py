@@ -19,7 +19,8 @@ import yaml
 
 from flower_exp.study import ATTR_FAIL, ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
 from flower_exp.tracking import TAG_ERROR, TAG_KIND, TAG_STATE
-from test_sweep_distributed import STUDY, TINY, _journal_study, _local_client, _runs, _start, _stop
+from projects import TINY
+from test_sweep_distributed import STUDY, _journal_study, _local_client, _runs, _start, _stop
 
 REPO = Path(__file__).resolve().parents[1]
 GRACE_S = 4
