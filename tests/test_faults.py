@@ -25,7 +25,7 @@ from test_sweep_distributed import STUDY, _journal_study, _local_client, _runs, 
 REPO = Path(__file__).resolve().parents[1]
 GRACE_S = 4
 # Long enough (in epochs) that a signal sent after "epoch 1/N" lands inside the trial.
-LONG_EPOCHS = 120  # long enough that a fast machine is still mid-trial at Ctrl-C (an epoch here can take 20 ms)
+LONG_EPOCHS = 120
 MID_EPOCHS = 16
 
 
