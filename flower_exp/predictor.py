@@ -594,9 +594,10 @@ def predict_test(
         )
         member_ids: list[str] = []
         parts = []
-        for images, batch_ids in ds:
-            member_ids.extend(i.decode("utf-8") for i in batch_ids.numpy())
-            parts.append(member.predict_normalized(images, tta))
+        with pipeline.shard_errors_named(pipeline.split_files(data_root, "test", member.image_size)):
+            for images, batch_ids in ds:
+                member_ids.extend(i.decode("utf-8") for i in batch_ids.numpy())
+                parts.append(member.predict_normalized(images, tta))
         probs = np.concatenate(parts) if parts else np.zeros((0, len(ens.class_names)))
         if ids is None:
             ids, total = member_ids, np.zeros_like(probs)

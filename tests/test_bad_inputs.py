@@ -303,6 +303,20 @@ def _wrong_schema(root: Path) -> Path:
     return shard
 
 
+def _odd_size_image(root: Path) -> Path:
+    """Record 1 of a 32x32 shard holds a 32x42 image (a notebook that forgot to resize one)."""
+    import tensorflow as tf
+
+    from flower_exp.data import records
+
+    shard = _first_train_shard(root)
+    kept = [record for _, record in records.iter_shard(str(shard))]
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for i, record in enumerate(kept):
+            writer.write(records.encode_example(jpeg_bytes(32) if i == 1 else record.image, record.id, record.label))
+    return shard
+
+
 def _runs(project: Path) -> list:
     from mlflow.tracking import MlflowClient
 
@@ -338,8 +352,10 @@ def test_cli_train_on_truncated_shard_names_the_file(cli, tmp_path, data_copy):
     [
         (_zero_bytes, "records but the shard holds an empty file"),
         (_wrong_schema, "record 0: no class in a labeled split"),
+        (_odd_size_image, "record 1 ("),
+        (_odd_size_image, "image is 32x42, not 32x32 like its folder"),
     ],
-    ids=["zero_bytes", "wrong_schema"],
+    ids=["zero_bytes", "wrong_schema", "odd_size_names_record", "odd_size_says_sizes"],
 )
 def test_train_on_damaged_shard_names_the_file(tmp_path, data_copy, damage, fragment):
     from flower_exp.config import load_experiment

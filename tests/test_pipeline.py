@@ -133,9 +133,28 @@ def test_split_files_counts(data):
     assert split_files(data.root, "train", 32, [DataSource(data.extra, ("train", "val"))]).count == 18
     assert split_files(data.root, "train+val", 32, extra).count == 22
     assert split_files(data.root, "val", 32, extra).count == 6
+    # Only where every source is stored at the size read do records skip the resize test.
+    assert train.exact and not with_extra.exact and not split_files(data.root, "train", 48).exact
+    assert split_files(data.root, "val", 32, extra).exact
     assert split_files(data.root, "test", 32, extra).count == 5
     with pytest.raises(DataError, match="'test'.*allowed: train, val"):
         split_files(data.root, "train", 32, [DataSource(data.extra, ("test",))])
+
+
+def test_image_of_another_size_than_its_folder_is_named(tmp_path):
+    root = str(tmp_path / "odd")
+    recs = make_records("o", "train", 4, 32)
+    recs[2] = records.Record(image=make_jpeg(40, 2, 2), id=recs[2].id, label=2)
+    (shard,) = records.write_split(root, 32, "train", recs, 1)
+    files = split_files(root, "train", 32)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        collect(make_dataset(root, "train", image_size=32, batch_size=2, repeat=False))
+    with pytest.raises(DataError, match=rf"^{shard}: record 2 \(otr00002\): image is 40x40, not 32x32 like its folder"):
+        with pipeline.shard_errors_named(files):
+            collect(make_dataset(root, "train", image_size=32, batch_size=2, repeat=False))
+    # Read at a size that resizes anyway, the odd image is resized like the others.
+    images, _ = unbatched(make_dataset(root, "train", image_size=16, batch_size=2, repeat=False, shuffle_buffer=0))
+    assert images.shape == (4, 16, 16, 3)
 
 
 def test_steps_per_epoch():
@@ -404,10 +423,11 @@ def test_ram_filesystem_end_to_end():
 
 def test_label_out_of_range_fails_clearly(tmp_path):
     root = str(tmp_path / "bad")
-    recs = make_records("b", "train", 4, 32, label_of=lambda i: 5 if i == 2 else i % 3)
+    # Labels are checked per batch: the bad one is second in its batch of 2 (records 2 and 3).
+    recs = make_records("b", "train", 4, 32, label_of=lambda i: 5 if i == 3 else i % 3)
     records.write_split(root, 32, "train", recs, 1)
     records.write_split(root, 32, "val", recs, 1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"label 5 of record btr00002 is outside \[0, 3\)"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"label 5 of record btr00003 is outside \[0, 3\)"):
         collect(make_dataset(root, "val", image_size=32, batch_size=2, num_classes=3))
     with pytest.raises(tf.errors.InvalidArgumentError, match="label 5 of record"):
         collect(make_dataset(root, "train", image_size=32, batch_size=2, num_classes=3, repeat=False))

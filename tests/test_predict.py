@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from flower_exp import models
-from flower_exp.errors import FlowerExpError
+from flower_exp.errors import DataError, FlowerExpError
 from flower_exp.export import ExportMember, write_export
 from flower_exp.predictor import fetch_image, load_export, load_image, predict_arrays, predict_sources, predict_test
 from servers import QuietHandler, http_server
@@ -402,3 +402,14 @@ def test_predict_test_writes_submission_and_scores(ens, demo_root, tmp_path):
     _path, none_score = predict_test(ens, str(bare), str(tmp_path / "bare.csv"))
     assert none_score is None
     assert (tmp_path / "bare.csv").read_text() == out.read_text()
+
+
+def test_predict_test_on_damaged_shard_names_it_and_writes_nothing(ens, demo_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    shard = sorted((data / f"tfrecords-jpeg-{ens.members[0].image_size}x{ens.members[0].image_size}" / "test").glob("*.tfrec"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    out = tmp_path / "sub" / "submission.csv"
+    with pytest.raises(DataError, match=rf"^{shard}: record \d+: corrupt or truncated shard"):
+        predict_test(ens, str(data), str(out))
+    assert not out.exists()

@@ -11,6 +11,7 @@ registered filesystem) works like a local folder.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -235,6 +236,17 @@ def _decode_record(raw: bytes) -> tuple[Record | None, str | None]:
             return None, "class is not an int64"
         label = int(values[0])
     return Record(image=image, id=feats["id"].bytes_list.value[0].decode("utf-8", "replace"), label=label), None
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from a JPEG's header, or None when Pillow finds no image header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def read_classes_file(path: str) -> list[str]:
