@@ -33,7 +33,7 @@ LEAK_ROOT_CAUSE = (
     "optimizer all-reduces gradients in every train step even on one device "
     "(`ReplicaContext.all_reduce`, a `tf.custom_gradient`), and `tf.custom_gradient` traced in graph "
     "mode registers its gradient in that process-wide registry and never removes it (TensorFlow "
-    "issues #27492, #97697). Fix: `flower_exp.train._dropping_custom_gradients` wraps each run "
+    "issues #27492, #97697). Fix: `flower_exp.train._freeing_run_memory` wraps each run "
     "(`train.run`, `train.refit`) and unregisters the `CustomGradient-*` names registered during it, "
     "then collects; live `FuncGraph`s now stay at the first trial's count (4: the shared decoded "
     "validation cache's), checked by tests/test_memory.py over 4 trials in one process."

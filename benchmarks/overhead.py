@@ -133,20 +133,16 @@ def run_bare(exp) -> tuple[list[float], list[float], list[float]]:
     train = importlib.import_module("flower_exp.train")
     from flower_exp.data import pipeline
     from flower_exp.data.dataset import open_data
-    from flower_exp.models import normalization_for
 
     cfg = exp.config
     data = open_data(exp, log=lambda _m: None)
     acc, global_batch, schedule = train._setup(cfg, lambda _m: None)
     files = pipeline.split_files(data.root, "train", cfg.image_size)
     steps = pipeline.steps_per_epoch(files.count, global_batch, acc.drop_remainder)
-    normalization = normalization_for(cfg.architecture)
-    on_device = train._preprocess_on_device(cfg, acc)
-    train_ds = train._training_data(data, "train", cfg, global_batch, acc, normalization, on_device)
-    val_ds = pipeline.make_dataset(data.root, "val", image_size=cfg.image_size, batch_size=global_batch,
-                                   normalization="none" if on_device else normalization,
-                                   num_classes=len(data.class_names))
-    model, _network = train._compiled_model(cfg, acc, schedule, len(data.class_names), normalization, on_device)
+    prep = train.Preprocessing.choose(cfg, acc)
+    train_ds = train._training_data(data, "train", cfg, global_batch, acc, prep)
+    val_ds = train.validation_data(data, cfg, global_batch, prep)
+    model, _network = train._compiled_model(cfg, acc, schedule, len(data.class_names), prep)
     # What a hand-written script compiles: no macro-F1 metric (that cost belongs to the harness).
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
                   loss=keras.losses.SparseCategoricalCrossentropy(),

@@ -144,7 +144,7 @@ def run(
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
-        with pipeline.shard_errors_named(train_files, val_files), _dropping_custom_gradients():
+        with pipeline.shard_errors_named(train_files, val_files), _freeing_run_memory():
             return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 
@@ -163,7 +163,6 @@ def refit(
     from ._imports import tensorflow
     from .data import pipeline
     from .data.dataset import open_data
-    from .models import normalization_for
 
     tensorflow()
     import keras
@@ -175,15 +174,14 @@ def refit(
     extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
     train_files = pipeline.split_files(data.root, "train+val", cfg.image_size, extra)
     tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture}
-    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, _dropping_custom_gradients():
+    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, _freeing_run_memory():
         acc, global_batch, schedule = _setup(cfg, say)
         steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
-        normalization = normalization_for(cfg.architecture)
-        on_device = _preprocess_on_device(cfg, acc)
-        train_ds = _training_data(data, "train+val", cfg, global_batch, acc, normalization, on_device)
-        tracker.log_params(run_id, {**_run_params(exp, data, train_files, acc, global_batch, steps, normalization, on_device),
+        prep = Preprocessing.choose(cfg, acc)
+        train_ds = _training_data(data, "train+val", cfg, global_batch, acc, prep)
+        tracker.log_params(run_id, {**_run_params(exp, data, train_files, acc, global_batch, steps, prep),
                                     "epochs": epochs, "refit_of": refit_of})
-        model, network = _compiled_model(cfg, acc, schedule, len(data.class_names), normalization, on_device)
+        model, network = _compiled_model(cfg, acc, schedule, len(data.class_names), prep)
         timer = _EpochTimer(steps * global_batch)
         logger = _Logger(tracker, run_id, schedule, acc.replicas, epochs, say, None)
         callbacks = [timer, _StopOnNonFinite(), keras.callbacks.LearningRateScheduler(lambda e, _lr: schedule.lr(e, acc.replicas)), logger]
@@ -199,15 +197,14 @@ def refit(
             _write_config(folder / "config.yaml", exp, data.class_names)
             tracker.log_artifact(run_id, tmp)
         say(f"refit of {refit_of} on train+val for {epochs} epochs: MLflow run {run_id}")
+        # This frame outlives the block: drop its references so the block's exit can free them.
         del model, network, train_ds, callbacks
-        _release(keras)
         return run_id
 
 
 def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks) -> RunResult:
     from ._imports import tensorflow
     from .data import pipeline
-    from .models import normalization_for
 
     tf = tensorflow()
     import keras
@@ -220,32 +217,22 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     # --- data
     num_classes = len(data.class_names)
     steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
-    normalization = normalization_for(cfg.architecture)
-    on_device = _preprocess_on_device(cfg, acc)
-    train_ds = _training_data(data, train_files.split, cfg, global_batch, acc, normalization, on_device)
-    val_ds = pipeline.make_dataset(
-        data.root,
-        "val",
-        image_size=cfg.image_size,
-        batch_size=global_batch,
-        normalization="none" if on_device else normalization,
-        with_ids=True,
-        num_classes=num_classes,
-    )
+    prep = Preprocessing.choose(cfg, acc)
+    train_ds = _training_data(data, train_files.split, cfg, global_batch, acc, prep)
+    val_ds = validation_data(data, cfg, global_batch, prep, with_ids=True)
     val_ids, val_labels = _ids_and_labels(val_ds)
     val_pairs = val_ds.map(lambda image, label, record_id: (image, label))
     val_images = val_ds.map(lambda image, label, record_id: image)
 
     tracker.log_params(
         run_id,
-        _run_params(exp, data, train_files, acc, global_batch, steps, normalization, on_device, val_images=val_files.count),
+        _run_params(exp, data, train_files, acc, global_batch, steps, prep, val_images=val_files.count),
     )
 
     # --- model
     try:
-        model, network = _compiled_model(cfg, acc, schedule, num_classes, normalization, on_device)
+        model, network = _compiled_model(cfg, acc, schedule, num_classes, prep)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
-        _release(keras)
         raise out_of_memory(cfg, exc) from None
 
     # --- train
@@ -271,8 +258,6 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     except Pruned as exc:
         pruned = exc
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
-        # Free this trial's graph so that the sweep's next trial has the memory back.
-        _release(keras)
         raise out_of_memory(cfg, exc) from None
     best.restore_best(model)
 
@@ -308,8 +293,6 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         val_labels=val_labels,
         val_probs=val_probs,
     )
-    del model, network, train_ds, val_ds, val_pairs, val_images, callbacks, best
-    _release(keras)
     return result
 
 
@@ -326,14 +309,49 @@ def _setup(cfg: ExperimentConfig, say: Callable[[str], None]):
     return acc, global_batch, schedule_for(cfg)
 
 
-def _preprocess_on_device(cfg: ExperimentConfig, acc) -> bool:
-    """Whether augmentation and normalisation run in the training step (``augment.runs_on``)."""
-    if cfg.augment.runs_on == "auto":
-        return acc.kind in ("gpu", "tpu")
-    return cfg.augment.runs_on == "device"
+@dataclass(frozen=True)
+class Preprocessing:
+    """Where a run augments and normalises its images, hence what its pipelines ship.
+
+    ``normalization`` is the network's (:func:`~flower_exp.models.normalization_for`). With
+    ``on_device`` the pipelines ship ``uint8`` batches and a
+    :class:`~flower_exp.device_preprocessing.DevicePreprocessing` stage augments and
+    normalises them in the training step; otherwise the host pipeline does both.
+    """
+
+    normalization: str
+    on_device: bool
+
+    @classmethod
+    def choose(cls, cfg: ExperimentConfig, acc) -> Preprocessing:
+        """``augment.runs_on``: ``auto`` is the accelerator on a GPU or TPU, the host on a CPU."""
+        from .models import normalization_for
+
+        on_device = acc.kind in ("gpu", "tpu") if cfg.augment.runs_on == "auto" else cfg.augment.runs_on == "device"
+        return cls(normalization_for(cfg.architecture), on_device)
+
+    @property
+    def pipeline_normalization(self) -> str:
+        """The normalisation the tf.data pipelines apply."""
+        return "none" if self.on_device else self.normalization
 
 
-def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, acc, normalization: str, on_device: bool):
+def validation_data(data, cfg: ExperimentConfig, global_batch: int, prep: Preprocessing, with_ids: bool = False):
+    """The validation split as a run evaluates it (cached, labels checked)."""
+    from .data import pipeline
+
+    return pipeline.make_dataset(
+        data.root,
+        "val",
+        image_size=cfg.image_size,
+        batch_size=global_batch,
+        normalization=prep.pipeline_normalization,
+        with_ids=with_ids,
+        num_classes=len(data.class_names),
+    )
+
+
+def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, acc, prep: Preprocessing):
     from .data import pipeline
 
     return pipeline.make_dataset(
@@ -341,8 +359,8 @@ def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, a
         split,
         image_size=cfg.image_size,
         batch_size=global_batch,
-        normalization="none" if on_device else normalization,
-        augment_cfg=None if on_device else cfg.augment,
+        normalization=prep.pipeline_normalization,
+        augment_cfg=None if prep.on_device else cfg.augment,
         extra=[pipeline.DataSource(root, splits) for root, splits in data.extra],
         shuffle_buffer=cfg.shuffle_buffer,
         seed=cfg.seed,
@@ -351,10 +369,10 @@ def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, a
     )
 
 
-def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int, normalization: str, on_device: bool):
+def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int, prep: Preprocessing):
     """The configured network, built and compiled under the accelerator's strategy and precision.
 
-    Returns ``(model to fit, network to save)``: the same model, or with ``on_device`` the
+    Returns ``(model to fit, network to save)``: the same model, or with ``prep.on_device`` the
     network behind a :class:`~flower_exp.device_preprocessing.DevicePreprocessing` stage that
     takes the pipeline's ``uint8`` batches (both share the network's weights).
     """
@@ -377,10 +395,10 @@ def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classe
             cnn_bn_momentum=cfg.cnn_bn_momentum,
         )
         model = network
-        if on_device:
+        if prep.on_device:
             from .device_preprocessing import training_model
 
-            model = training_model(network, cfg.image_size, cfg.augment, normalization, cfg.seed)
+            model = training_model(network, cfg.image_size, cfg.augment, prep.normalization, cfg.seed)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
             loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -391,7 +409,7 @@ def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classe
     return model, network
 
 
-def _run_params(exp, data, train_files, acc, global_batch, steps, normalization, on_device, **extra) -> dict[str, Any]:
+def _run_params(exp, data, train_files, acc, global_batch, steps, prep: Preprocessing, **extra) -> dict[str, Any]:
     from .data.leakage import data_fingerprint
 
     cfg = exp.config
@@ -402,8 +420,8 @@ def _run_params(exp, data, train_files, acc, global_batch, steps, normalization,
         "train_images": train_files.count,
         **extra,
         "stored_image_size": train_files.stored_size,
-        "normalization": normalization,
-        "preprocessing_on": "device" if on_device else "host",
+        "normalization": prep.normalization,
+        "preprocessing_on": "device" if prep.on_device else "host",
         "accelerator": acc.kind,
         "replicas": acc.replicas,
         "global_batch_size": global_batch,
@@ -416,20 +434,16 @@ def _run_params(exp, data, train_files, acc, global_batch, steps, normalization,
     }
 
 
-def _release(keras) -> None:
-    # Free the graph and datasets: a sweep worker runs many trials in one process.
-    keras.backend.clear_session()
-    gc.collect()
-
-
 @contextmanager
-def _dropping_custom_gradients() -> Iterator[None]:
-    """Unregister the gradient functions TensorFlow registered while the block ran, so that
-    the block's traced graphs can be garbage-collected once it is over.
+def _freeing_run_memory() -> Iterator[None]:
+    """Free what a run leaves behind in the process once the block is over, however it ends
+    (a sweep worker runs many trials in one process; an out-of-memory trial must hand its
+    memory to the next): Keras' global graph state (``clear_session``) and the gradient
+    functions TensorFlow registered while the block ran, then collect.
 
-    Why: Keras' TensorFlow optimizer all-reduces the gradients in every train step, even on one
-    device (``ReplicaContext.all_reduce``), and that op is a ``tf.custom_gradient``. Traced in
-    graph mode (the ``tf.function`` train step), ``tf.custom_gradient`` registers its gradient
+    Why the gradient functions: Keras' TensorFlow optimizer all-reduces the gradients in
+    every train step, even on one device (``ReplicaContext.all_reduce``), and that op is a
+    ``tf.custom_gradient``. Traced in graph mode (the ``tf.function`` train step), ``tf.custom_gradient`` registers its gradient
     as ``CustomGradient-<uid>`` in TensorFlow's process-wide gradient registry
     (``ops._gradient_registry``) and never removes it; the registered closure holds the step's
     gradient tensors, hence the whole train-step ``FuncGraph`` and, through it, the optimizer's
@@ -441,6 +455,7 @@ def _dropping_custom_gradients() -> Iterator[None]:
     from ._imports import tensorflow
 
     tensorflow()
+    import keras
     from tensorflow.python.framework import ops  # the registry has no public API
 
     # A private attribute: if a TensorFlow release renames it, skip the cleanup (leak, not crash).
@@ -449,10 +464,11 @@ def _dropping_custom_gradients() -> Iterator[None]:
     try:
         yield
     finally:
+        keras.backend.clear_session()
         if before is not None:
             for name in [n for n in registry if n not in before and n.startswith("CustomGradient-")]:
                 del registry[name]
-            gc.collect()
+        gc.collect()
 
 
 # --------------------------------------------------------------------------- callbacks

@@ -2,7 +2,7 @@
 
 Regression test for the leak benchmarks/memory.py measured (~18 MiB RSS per trial): every
 trial's train-step and optimizer ``FuncGraph``s stayed reachable from TensorFlow's global
-gradient registry (see ``flower_exp.train._dropping_custom_gradients``).
+gradient registry (see ``flower_exp.train._freeing_run_memory``).
 """
 
 from __future__ import annotations
