@@ -59,7 +59,7 @@ def instrument_callbacks() -> list[tuple[str, str]]:
     hooks = [
         (train._EpochTimer, ("on_epoch_begin", "on_epoch_end"), "epoch timer", "epoch time and images/s"),
         (train._StopOnNonFinite, ("on_epoch_begin", "on_train_batch_end"), "NaN guard",
-         "reads the loss every batch (forces a sync per step)"),
+         "reads the loss of every batch (Keras' TF backend converts each step's logs to Python anyway)"),
         (keras.callbacks.LearningRateScheduler, ("on_epoch_begin", "on_epoch_end"), "LR scheduler",
          "sets the epoch's learning rate"),
         (train._BestEpoch, ("on_epoch_end",), "best epoch + early stopping",
