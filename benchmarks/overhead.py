@@ -261,14 +261,14 @@ def main(argv=None) -> None:
               f"{bare_epoch - keras_validation:.3f} s, trial {harness_epoch - trial_validation - callbacks_s:.3f} s.")
 
     measured = (f"trial/bare epoch time {ratio:.3f} after the first epoch (median of {rounds} interleaved "
-                f"rounds x {epochs} epochs; {bare_epoch:.2f} s vs {harness_epoch:.2f} s); CPU-time ratio {cpu_ratio:.3f}")
+                f"rounds x {epochs} epochs; trial {harness_epoch:.2f} s, bare {bare_epoch:.2f} s); CPU-time ratio {cpu_ratio:.3f}")
     notes = (
         f"Method: demo data at {size} px (6 classes, {per_class} images per class), CNN width 16, depth 3, "
         f"batch 32, {epochs} epochs per run, {rounds} rounds alternating bare/trial order. Both variants "
         "build the model with `flower_exp.train._compiled_model` and the data with the same "
         "`flower_exp.data.pipeline.make_dataset` calls a trial makes, so only the harness differs. "
-        "Epoch time is wall time from one epoch's end (after every callback) to the next, so the "
-        "bare run's Keras validation pass and the trial's macro-F1 pass both count. The first epoch "
+        "Epoch time is wall time from one epoch's end (after every callback) to the next, so both "
+        "variants' validation passes count. The first epoch "
         "(graph tracing, filling the validation cache) is reported apart. Callback costs come from "
         "timing wrappers around the hooks each callback class overrides. The machine is shared, so "
         "the table also compares CPU-seconds of this process per epoch (all threads), which other "
