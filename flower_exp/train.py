@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import logging
 import math
 import resource
 import tempfile
@@ -296,11 +297,35 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     return result
 
 
+class _KerasRetracingFilter(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to ... triggered tf.function retracing"
+    warning about Keras' own train/test/predict step functions.
+
+    TensorFlow counts traces per Python code object, not per function, and every model Keras
+    compiles makes new step functions from the same code, each traced for the full and the
+    partial last batch; in a process that trains many models (a sweep worker) those first
+    traces add up to this false alarm after a few trials. Warnings about other functions pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "<function TensorFlowTrainer." in message)
+
+
+def _quiet_keras_retracing() -> None:
+    """Install :class:`_KerasRetracingFilter` on TensorFlow's logger (once per process)."""
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _KerasRetracingFilter) for f in logger.filters):
+        logger.addFilter(_KerasRetracingFilter())
+
+
 def _setup(cfg: ExperimentConfig, say: Callable[[str], None]):
     """Seed everything, pick the accelerator; returns (accelerator, global batch, schedule)."""
     import keras
 
     from .strategy import detect
+
+    _quiet_keras_retracing()
 
     keras.utils.set_random_seed(cfg.seed)
     acc = detect(cfg.strategy, cfg.mixed_precision)

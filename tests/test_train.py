@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import resource
 from pathlib import Path
 
@@ -166,3 +167,29 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_retracing_warning_dropped_only_for_keras_step_functions():
+    import tensorflow as tf
+
+    from flower_exp.train import _quiet_keras_retracing
+
+    _quiet_keras_retracing()
+    _quiet_keras_retracing()  # idempotent
+    logger = logging.getLogger("tensorflow")
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        tf.get_logger().warning("5 out of the last 13 calls to <function TensorFlowTrainer.make_predict_function."
+                                "<locals>.one_step_on_data_distributed at 0x1> triggered tf.function retracing.")
+        tf.get_logger().warning("5 out of the last 5 calls to <function my_step at 0x2> triggered tf.function retracing.")
+    finally:
+        logger.removeHandler(handler)
+    assert len(seen) == 1 and "my_step" in seen[0]
+    assert sum(type(f).__name__ == "_KerasRetracingFilter" for f in logger.filters) == 1
