@@ -136,7 +136,7 @@ def run_best(
         report = evaluate(members, method=method, trials=trials, seed=seed, study_name=study_name)
         log(
             f"held-out macro-F1 (mean of both halves): ensemble {report.holdout_ensemble:.4f} vs best single member "
-            f"{report.holdout_best_single:.4f} ({'ensemble wins' if report.ensemble_wins else 'ensemble does not win'})"
+            f"{report.holdout_best_single:.4f}, picked on the fit half like the weights ({'ensemble wins' if report.ensemble_wins else 'ensemble does not win'})"
         )
         use_ensemble = (report.ensemble_wins or force_ensemble) and len(candidates) > 1
         if use_ensemble:

@@ -290,7 +290,7 @@ def best_command(
         table.add_row(c.run_id, c.architecture, str(c.image_size), f"{c.score:.4f}",
                       f"{report.holdout_members.get(c.run_id, float('nan')):.4f}", f"{weights.get(c.run_id, 0.0):.3f}")
     out.print(table)
-    out.print(f"held-out ensemble {report.holdout_ensemble:.4f} vs best single member {report.holdout_best_single:.4f}")
+    out.print(f"held-out ensemble {report.holdout_ensemble:.4f} vs best single member {report.holdout_best_single:.4f} (picked on the fit half, like the weights)")
     out.print(f"exported members: {', '.join(result.exported_members)}; MLflow ensemble run {result.ensemble_run_id}")
     if result.export_dir:
         out.print(f"next: flower-exp predict {result.export_dir} --test   |   flower-exp predict {result.export_dir} IMAGE_OR_URL")

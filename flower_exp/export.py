@@ -298,7 +298,7 @@ def model_card(doc: dict[str, Any], name: str) -> str:
         verdict = "" if wins is None else (" The ensemble wins." if wins else " The ensemble does not beat its best member.")
         lines += [
             f"Macro-F1 on held-out validation data (not used to choose the weights): ensemble "
-            f"{cell(holdout.get('ensemble_macro_f1'))} vs best single member {cell(holdout.get('best_single_macro_f1'))}.{verdict}",
+            f"{cell(holdout.get('ensemble_macro_f1'))} vs best single member {cell(holdout.get('best_single_macro_f1'))} (the member best on the fitting half, scored on the other).{verdict}",
             "",
         ]
     else:
