@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -228,11 +229,31 @@ def _download_guard(spec: ModelSpec, weights: str, build: Callable[[], Any]) -> 
 
 
 def _load_local_weights(base: Any, path: str, spec: ModelSpec) -> None:
-    try:
-        base.load_weights(path)
-    except Exception as exc:  # h5py/keras raise many types for a wrong or mismatched file
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise FlowerExpError(f"weights {path}: cannot load into {spec.name} ({first})") from None
+    # A mismatched file makes Keras warn once per layer it skips (hundreds of lines) before it
+    # raises; the one-line error below says it all.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            base.load_weights(path)
+        except Exception as exc:  # h5py/keras raise many types for a wrong or mismatched file
+            raise FlowerExpError(
+                f"weights {path}: cannot load into {spec.name} ({_load_failure(exc)}); expected the weights of a "
+                f"headless {spec.name} (include_top=False)"
+            ) from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """The gist of a Keras load error: its first line plus, for a shape mismatch, which variable
+    (Keras appends the variable's full value to the message)."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    gist = text.splitlines()[0].split(" Example error message")[0].rstrip(".:")[:200]
+    shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    variable = re.search(r"Target variable: <Variable path=([^,>]+)", text)
+    if shapes and variable:
+        gist += f"; e.g. {variable.group(1)} is {shapes.group(1)} in the model but {shapes.group(2)} in the file"
+    return gist
 
 
 def _keras():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -80,8 +81,15 @@ def test_local_weights_file_loads(tmp_path):
         np.testing.assert_array_equal(a, b)
     other = tmp_path / "cnn.weights.h5"
     models.create_model("cnn", num_classes=3, image_size=32, cnn_width=4, cnn_depth=1).get_layer("cnn_base").save_weights(str(other))
-    with pytest.raises(FlowerExpError, match="cannot load into densenet121"):
-        models.create_model("densenet121", num_classes=3, image_size=32, weights=str(other))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FlowerExpError) as exc:
+            models.create_model("densenet121", num_classes=3, image_size=32, weights=str(other))
+    message = str(exc.value)
+    assert message.startswith(f"weights {other}: cannot load into densenet121 (") and "\n" not in message
+    assert "conv1_conv/kernel is (7, 7, 3, 64) in the model but" in message and "headless densenet121" in message
+    # Keras' per-layer "Skipping ..." warnings would bury the one-line error.
+    assert not [w for w in caught if "Skipping" in str(w.message)]
 
 
 def test_efficientnet_package_model_reloads_in_fresh_process(tmp_path):
