@@ -391,9 +391,12 @@ def ui_command(
     import shutil
 
     from .config import find_config, project_dir
-    from .tracking import default_target, redact
+    from .tracking import default_target, prepare_store, redact
 
     target = default_target(project_dir(find_config(state.config)), tracking_uri)
+    # Create a new project's store here, under flower-exp's lock: `mlflow ui` would migrate it
+    # without one, racing any sweep that starts at the same time.
+    prepare_store(target)
     warning = bind_warning(host)
     if warning:
         err.print(f"[yellow]{escape(warning)}[/yellow]")

@@ -92,25 +92,25 @@ class Tracker:
         _check_local_store(target.uri)
         _check_server(target.uri)
         try:
-            self.client = MlflowClient(tracking_uri=target.uri)
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
-                try:
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-                except Exception:
-                    # Another process (a second machine starting the same sweep) created it just now.
-                    found = self.client.get_experiment_by_name(experiment)
-                    if found is None:
-                        raise
+            with local_store_lock(target.uri):
+                self.client = MlflowClient(tracking_uri=target.uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
+                    try:
+                        self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                    except Exception:
+                        # Another process (a second machine starting the same sweep) created it just now.
+                        found = self.client.get_experiment_by_name(experiment)
+                        if found is None:
+                            raise
+                        self.experiment_id = found.experiment_id
+                else:
                     self.experiment_id = found.experiment_id
-            else:
-                self.experiment_id = found.experiment_id
         except Exception as exc:
             if isinstance(exc, FlowerExpError):
                 raise
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise FlowerExpError(f"MLflow tracking store {redact(target.uri)}: unavailable ({redact(first)})") from None
+            raise _store_unavailable(target.uri, exc) from None
         self.experiment = experiment
 
     def start(self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> str:
@@ -276,6 +276,53 @@ def _check_local_store(uri: str) -> None:
         raise FlowerExpError(f"MLflow tracking store {uri}: cannot create {path.parent} ({exc.strerror})") from None
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise FlowerExpError(f"MLflow tracking store {uri}: {path} is not writable")
+
+
+@contextmanager
+def local_store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on a local sqlite store (``<db>.lock`` beside it) while the block
+    opens it; other URIs pass through.
+
+    Why: the first process to open a fresh database creates and migrates its schema (MLflow's
+    alembic migrations), and MLflow takes no lock for that. Two processes opening a new
+    project's store at once (two terminals, a job array on one machine) interleave their
+    migrations and leave a database that no later command can open ("table _alembic_tmp_...
+    already exists"). Once a process has opened the store, MLflow keeps it for the process, so
+    the lock is taken once per process and held for milliseconds on an existing database.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX; concurrent first opens stay unsafe there
+        yield
+        return
+    path = Path(uri[len("sqlite:///") :])
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, also when the block raises
+
+
+def prepare_store(target: TrackingTarget) -> None:
+    """Create or migrate ``target``'s local sqlite store now, under :func:`local_store_lock`
+    (e.g. before another program, like ``mlflow ui``, opens it); a no-op for other stores."""
+    if not target.uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking import MlflowClient
+
+    _quiet_mlflow()
+    _check_local_store(target.uri)
+    try:
+        with local_store_lock(target.uri):
+            MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
+    except Exception as exc:
+        raise _store_unavailable(target.uri, exc) from None
+
+
+def _store_unavailable(uri: str, exc: Exception) -> FlowerExpError:
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return FlowerExpError(f"MLflow tracking store {redact(uri)}: unavailable ({redact(first)})")
 
 
 def bound_http_retries() -> None:

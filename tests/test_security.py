@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from pathlib import Path
 
 import pytest
 import yaml
@@ -64,6 +65,9 @@ def test_ui_command_binds_loopback_by_default(exec_calls):
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5123"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "warning" not in result.stderr
+    # The new project's store was created under flower-exp's lock before the server started.
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+    assert (Path.cwd() / "mlruns" / "mlflow.db").stat().st_size > 0
 
 
 def test_ui_command_warns_once_when_binding_elsewhere(exec_calls):

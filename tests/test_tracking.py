@@ -47,3 +47,32 @@ def test_unreachable_store_is_a_user_error(tmp_path):
     target = TrackingTarget(f"sqlite:///{tmp_path / 'a-directory.db'}", None)
     with pytest.raises(FlowerExpError, match="MLflow tracking store .* is a directory"):
         Tracker(target, "exp")
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from flower_exp.tracking import Tracker, default_target
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+print(Tracker(default_target(sys.argv[1]), "race").experiment_id)
+"""
+
+
+def test_processes_opening_a_new_project_store_at_once_all_succeed(tmp_path):
+    """MLflow migrates a fresh sqlite store without a lock; unguarded, 3 processes opening a new
+    project at the same moment failed in 3 of 3 tries and left a database nothing could open."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "open.py"
+    script.write_text(OPEN_AT_ONCE)
+    project = tmp_path / "project"
+    start = time.time() + 8  # every process has imported MLflow by then, so they meet at the store
+    procs = [subprocess.Popen([sys.executable, str(script), str(project), str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1  # one experiment, found by all
+    assert Tracker(default_target(project), "race").experiment_id == results[0][0].strip()
