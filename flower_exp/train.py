@@ -145,7 +145,7 @@ def run(
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
-        with pipeline.shard_errors_named(train_files, val_files), _freeing_run_memory():
+        with pipeline.shard_errors_named(train_files, val_files, num_classes=len(data.class_names)), _freeing_run_memory():
             return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
 
 
@@ -175,7 +175,8 @@ def refit(
     extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
     train_files = pipeline.split_files(data.root, "train+val", cfg.image_size, extra)
     tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture}
-    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, _freeing_run_memory():
+    named = pipeline.shard_errors_named(train_files, num_classes=len(data.class_names))
+    with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, named, _freeing_run_memory():
         acc, global_batch, schedule = _setup(cfg, say)
         steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
         prep = Preprocessing.choose(cfg, acc)

@@ -303,8 +303,8 @@ def _wrong_schema(root: Path) -> Path:
     return shard
 
 
-def _odd_size_image(root: Path) -> Path:
-    """Record 1 of a 32x32 shard holds a 32x42 image (a notebook that forgot to resize one)."""
+def _with_one_record_changed(root: Path, index: int, *, image: bytes | None = None, label: int | None = None) -> Path:
+    """The first train shard rewritten with record ``index``'s image and/or label replaced."""
     import tensorflow as tf
 
     from flower_exp.data import records
@@ -313,8 +313,20 @@ def _odd_size_image(root: Path) -> Path:
     kept = [record for _, record in records.iter_shard(str(shard))]
     with tf.io.TFRecordWriter(str(shard)) as writer:
         for i, record in enumerate(kept):
-            writer.write(records.encode_example(jpeg_bytes(32) if i == 1 else record.image, record.id, record.label))
+            changed = i == index
+            writer.write(records.encode_example(image if changed and image else record.image, record.id,
+                                                label if changed and label is not None else record.label))
     return shard
+
+
+def _odd_size_image(root: Path) -> Path:
+    """Record 1 of a 32x32 shard holds a 32x42 image (a notebook that forgot to resize one)."""
+    return _with_one_record_changed(root, 1, image=jpeg_bytes(32))
+
+
+def _label_out_of_range(root: Path) -> Path:
+    """Record 2 of a shard says class 99 (a shard from a dataset with more classes)."""
+    return _with_one_record_changed(root, 2, label=99)
 
 
 def _runs(project: Path) -> list:
@@ -354,8 +366,11 @@ def test_cli_train_on_truncated_shard_names_the_file(cli, tmp_path, data_copy):
         (_wrong_schema, "record 0: no class in a labeled split"),
         (_odd_size_image, "record 1 ("),
         (_odd_size_image, "image is 32x42, not 32x32 like its folder"),
+        (_label_out_of_range, "record 2 ("),
+        (_label_out_of_range, "label 99 is outside [0, "),
     ],
-    ids=["zero_bytes", "wrong_schema", "odd_size_names_record", "odd_size_says_sizes"],
+    ids=["zero_bytes", "wrong_schema", "odd_size_names_record", "odd_size_says_sizes", "label_names_record",
+         "label_says_range"],
 )
 def test_train_on_damaged_shard_names_the_file(tmp_path, data_copy, damage, fragment):
     from flower_exp.config import load_experiment

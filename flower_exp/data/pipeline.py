@@ -130,13 +130,13 @@ def split_files(root: str, split: str, image_size: int, extra: Sequence[DataSour
 
 
 @contextmanager
-def shard_errors_named(*splits: SplitFiles) -> Iterator[None]:
+def shard_errors_named(*splits: SplitFiles, num_classes: int | None = None) -> Iterator[None]:
     """Turn a TensorFlow read error of these splits into a :class:`DataError` naming the shard.
 
-    tf.data's errors (truncated record, missing feature, fewer records than the name says)
-    name no file. Only when one happens are the shards read again one by one (reading them
-    all before training would cost minutes on ``gs://``); an error no shard explains (e.g. a
-    label outside the class range) is raised unchanged.
+    tf.data's errors (truncated record, missing feature, fewer records than the name says, a
+    label outside ``[0, num_classes)``) name no file. Only when one happens are the shards read
+    again one by one (reading them all before training would cost minutes on ``gs://``); an
+    error no shard explains is raised unchanged.
     """
     tf = tensorflow()
     try:
@@ -146,6 +146,7 @@ def shard_errors_named(*splits: SplitFiles) -> Iterator[None]:
             [f for s in splits for f in s.files],
             labeled={f: s.split != "test" for s in splits for f in s.files},
             image_sizes={f: s.image_size for s in splits if s.exact for f in s.files},
+            num_classes=num_classes,
         )
         if found is None:
             raise
@@ -153,12 +154,15 @@ def shard_errors_named(*splits: SplitFiles) -> Iterator[None]:
 
 
 def find_bad_shard(
-    files: Sequence[str], labeled: dict[str, bool] | None = None, image_sizes: dict[str, int] | None = None
+    files: Sequence[str],
+    labeled: dict[str, bool] | None = None,
+    image_sizes: dict[str, int] | None = None,
+    num_classes: int | None = None,
 ) -> DataError | None:
     """The first problem among ``files`` as a one-line :class:`DataError` naming the shard
-    (corrupt or truncated, not the competition schema, an image of another size than
-    ``image_sizes`` gives for its shard, fewer or more records than its name says), or None
-    when every shard reads cleanly."""
+    (corrupt or truncated, not the competition schema, a label outside ``[0, num_classes)``,
+    an image of another size than ``image_sizes`` gives for its shard, fewer or more records
+    than its name says), or None when every shard reads cleanly."""
     for path in files:
         read = 0
         size = (image_sizes or {}).get(path)
@@ -166,6 +170,11 @@ def find_bad_shard(
             for _index, record in records.iter_shard(path):
                 if (labeled or {}).get(path, True) and record.label is None:
                     return DataError(f"{path}: record {read}: no class in a labeled split; expected class (int64)")
+                if num_classes is not None and record.label is not None and not 0 <= record.label < num_classes:
+                    return DataError(
+                        f"{path}: record {read} ({record.id}): label {record.label} is outside [0, {num_classes}), "
+                        f"the experiment's {num_classes} classes; check its classes / classes_file"
+                    )
                 if size is not None and (dims := records.jpeg_size(record.image) or (0, 0)) != (size, size):
                     return DataError(
                         f"{path}: record {read} ({record.id}): image is {dims[0]}x{dims[1]}, not {size}x{size} "
