@@ -1,8 +1,10 @@
 """Sweep report: Optuna's plots and a CSV of all trials, for the sweep's MLflow parent run.
 
-:func:`write_report` draws each plot twice, as a PNG (``optuna.visualization.matplotlib``,
-Agg) and as a self-contained HTML page (``optuna.visualization``, plotly.js embedded so it
-opens offline), writes ``trials.csv`` and a ``report.txt`` that says what was skipped and why.
+:func:`write_report` draws each plot twice: as a PNG (``optuna.visualization.matplotlib``,
+Agg) and as an interactive figure (``optuna.visualization``) on one self-contained HTML page,
+``plots.html``, with plotly.js embedded once so it opens offline (~4.8 MB; a page per plot
+would repeat the library in each). It also writes ``trials.csv`` and a ``report.txt`` that
+says what was skipped and why.
 Every plot is attempted on its own: a study too small for a plot (no completed trial yet, one
 trial for parameter importances) loses that plot, never the report.
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TRIALS_CSV = "trials.csv"
 REPORT_TXT = "report.txt"
+PLOTS_HTML = "plots.html"
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
 FORMATS = ("png", "html")
 
@@ -47,12 +50,13 @@ class _Skip(Exception):
 
 
 def write_report(study: optuna.Study, out_dir: str, *, metric_name: str = "val_macro_f1") -> list[str]:
-    """Write trials.csv, Optuna's plots (PNG + HTML) and report.txt into ``out_dir``.
+    """Write trials.csv, Optuna's plots (a PNG each, all of them interactive in plots.html) and
+    report.txt into ``out_dir``.
 
-    Returns the paths written, in a fixed order (trials.csv, then per plot PNG and HTML, then
-    report.txt). Plots that cannot be drawn are skipped, with the reason in report.txt. Files
-    of these names left in ``out_dir`` by an earlier report are removed first, so the directory
-    never mixes two reports.
+    Returns the paths written, in a fixed order (trials.csv, the PNGs in plot order, plots.html,
+    report.txt). Plots that cannot be drawn are skipped, with the reason in report.txt (an HTML
+    figure as ``<plot> (plots.html)``). Files of these names left in ``out_dir`` by an earlier
+    report are removed first, so the directory never mixes two reports.
     """
     os.makedirs(out_dir, exist_ok=True)
     _remove_previous_outputs(out_dir)
@@ -71,25 +75,39 @@ def write_report(study: optuna.Study, out_dir: str, *, metric_name: str = "val_m
         _remove_if_exists(csv_path)
 
     completed = _completed_finite(study)
+    figures: list[tuple[str, Any]] = []  # (plot, plotly figure) for plots.html
     for plot in PLOTS:
         reason = _cannot_draw(plot, study, completed)
         for fmt in FORMATS:
-            name = f"{plot}.{fmt}"
+            name = f"{plot}.png" if fmt == "png" else f"{plot} ({PLOTS_HTML})"
             if reason is not None:
                 skipped.append((name, reason))
                 continue
-            path = os.path.join(out_dir, name)
-            draw = _draw_png if fmt == "png" else _draw_html
+            png = os.path.join(out_dir, name) if fmt == "png" else None
             try:
                 with _optuna_warnings_collected(plot, notes):
-                    draw(plot, study, completed, path, metric_name)
+                    if png:
+                        _draw_png(plot, study, completed, png, metric_name)
+                    else:
+                        figures.append((plot, _html_figure(plot, study, completed, metric_name)))
             except _Skip as exc:
                 skipped.append((name, str(exc)))
             except Exception as exc:  # one plot failing must not cost the others
                 skipped.append((name, f"failed: {type(exc).__name__}: {exc}"))
-                _remove_if_exists(path)
+                if png:
+                    _remove_if_exists(png)
             else:
-                written.append(path)
+                if png:
+                    written.append(png)
+    if figures:
+        page = os.path.join(out_dir, PLOTS_HTML)
+        try:
+            _write_plots_page(page, figures, f"Optuna study {study.study_name!r}: {metric_name}")
+        except Exception as exc:
+            skipped += [(f"{plot} ({PLOTS_HTML})", f"failed: {type(exc).__name__}: {exc}") for plot, _ in figures]
+            _remove_if_exists(page)
+        else:
+            written.append(page)
 
     report_path = os.path.join(out_dir, REPORT_TXT)
     _write_report_txt(report_path, study, trials, completed, metric_name, written, skipped, notes)
@@ -216,14 +234,31 @@ def _plot_kwargs(plot: str, completed: list[FrozenTrial], metric_name: str) -> d
     return kwargs
 
 
-def _draw_html(plot: str, study: optuna.Study, completed: list[FrozenTrial], path: str, metric_name: str) -> None:
+def _html_figure(plot: str, study: optuna.Study, completed: list[FrozenTrial], metric_name: str) -> Any:
     if importlib.util.find_spec("plotly") is None:
         raise _Skip(_PLOTLY_HINT)
     _prefer_agg()  # optuna.visualization imports its matplotlib half, hence pyplot, too
     import optuna.visualization as vis
 
-    fig = getattr(vis, f"plot_{plot}")(study, **_plot_kwargs(plot, completed, metric_name))
-    fig.write_html(path, include_plotlyjs=True)
+    return getattr(vis, f"plot_{plot}")(study, **_plot_kwargs(plot, completed, metric_name))
+
+
+def _write_plots_page(path: str, figures: list[tuple[str, Any]], title: str) -> None:
+    """One HTML page with every figure, plotly.js inlined once (with the first figure)."""
+    from html import escape
+
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html><head><meta charset="utf-8"><title>{escape(title)}</title></head><body>',
+        f"<h1>{escape(title)}</h1>",
+        "<p>" + " · ".join(f'<a href="#{plot}">{plot.replace("_", " ")}</a>' for plot, _ in figures) + "</p>",
+    ]
+    for index, (plot, figure) in enumerate(figures):
+        parts.append(f'<h2 id="{plot}">{plot.replace("_", " ")}</h2>')
+        parts.append(figure.to_html(full_html=False, include_plotlyjs=index == 0, div_id=f"plot-{plot}"))
+    parts.append("</body></html>")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts) + "\n")
 
 
 def _draw_png(plot: str, study: optuna.Study, completed: list[FrozenTrial], path: str, metric_name: str) -> None:
@@ -330,7 +365,8 @@ def _best(completed: list[FrozenTrial], study: optuna.Study) -> FrozenTrial:
 
 
 def _remove_previous_outputs(out_dir: str) -> None:
-    names = [TRIALS_CSV, REPORT_TXT] + [f"{plot}.{fmt}" for plot in PLOTS for fmt in FORMATS]
+    # Page-per-plot HTML files of earlier flower-exp versions go too.
+    names = [TRIALS_CSV, REPORT_TXT, PLOTS_HTML] + [f"{plot}.{fmt}" for plot in PLOTS for fmt in FORMATS]
     for name in names:
         _remove_if_exists(os.path.join(out_dir, name))
 

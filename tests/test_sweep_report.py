@@ -21,11 +21,10 @@ pytest.importorskip("plotly")
 
 from flower_exp.sweep_report import best_so_far, write_report  # noqa: E402
 
-PLOT_FILES = [
-    f"{plot}.{fmt}"
-    for plot in ("optimization_history", "param_importances", "parallel_coordinate", "slice")
-    for fmt in ("png", "html")
-]
+PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
+PLOT_FILES = [f"{plot}.png" for plot in PLOTS] + ["plots.html"]
+# What report.txt calls each drawing: a PNG file, or a figure on plots.html.
+DRAWINGS = [name for plot in PLOTS for name in (f"{plot}.png", f"{plot} (plots.html)")]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PRUNED = {3, 7}
 FAILED = {5}
@@ -115,32 +114,40 @@ def test_full_study_writes_every_file(full_report):
     assert sections["written"] == names
 
 
+def figure_section(html: str, plot: str) -> str:
+    """The part of plots.html from ``plot``'s heading to the next heading."""
+    start = html.index(f'<h2 id="{plot}">')
+    end = html.find("<h2 ", start + 1)
+    return html[start : end if end != -1 else len(html)]
+
+
 def test_pngs_are_png_and_html_is_self_contained(full_report):
     _, out, _ = full_report
-    for name in PLOT_FILES:
+    for name in PLOT_FILES[:-1]:
         data = (out / name).read_bytes()
-        if name.endswith(".png"):
-            assert data.startswith(PNG_MAGIC), name
-            assert len(data) > 5_000, name  # a drawn plot, not an empty canvas
-        else:
-            html = data.decode("utf-8")
-            assert "Plotly.newPlot" in html, name
-            assert "plotly.js v" in html or "plotly.js" in html, name  # the library itself is inlined
-            external = re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//", html, flags=re.I)
-            assert external == [], (name, external)
-            assert len(html) > 1_000_000, name  # plotly.js is ~4.5 MB; a CDN link would be tiny
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 5_000, name  # a drawn plot, not an empty canvas
+    html = (out / "plots.html").read_text(encoding="utf-8")
+    for plot in PLOTS:
+        assert "Plotly.newPlot" in figure_section(html, plot), plot
+    external = re.findall(r"<script[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//", html, flags=re.I)
+    assert external == []
+    # plotly.js (~4.5 MB) is inlined, and only once: a page per plot repeated it four times.
+    assert html.count("plotly.js v") == 1 and 1_000_000 < len(html) < 8_000_000, len(html)
 
 
 def test_objective_axis_is_labelled_with_metric_name(full_report):
     _, out, _ = full_report
+    html = (out / "plots.html").read_text()
     for plot in ("optimization_history", "parallel_coordinate", "slice"):
-        assert "val_macro_f1" in (out / f"{plot}.html").read_text(), plot
+        assert "val_macro_f1" in figure_section(html, plot), plot
 
 
 def test_conditional_param_appears_in_plots(full_report):
     _, out, _ = full_report
+    html = (out / "plots.html").read_text()
     for plot in ("param_importances", "parallel_coordinate", "slice"):
-        assert "cnn_width" in (out / f"{plot}.html").read_text(), plot
+        assert "cnn_width" in figure_section(html, plot), plot
 
 
 def test_trials_csv_one_row_per_trial_with_states(full_report):
@@ -176,12 +183,13 @@ def test_one_completed_trial_writes_what_it_can(tmp_path):
 
     paths = write_report(study, str(tmp_path), metric_name="val_macro_f1")
     names = {Path(p).name for p in paths}
-    assert {"trials.csv", "report.txt", "optimization_history.png", "optimization_history.html"} <= names
-    assert not names & {"param_importances.png", "param_importances.html"}
+    assert {"trials.csv", "report.txt", "optimization_history.png", "plots.html"} <= names
+    assert "param_importances.png" not in names
     assert not (tmp_path / "param_importances.png").exists()
+    assert '<h2 id="param_importances">' not in (tmp_path / "plots.html").read_text()
     sections = report_sections((tmp_path / "report.txt").read_text())
     skipped = dict(line.split(": ", 1) for line in sections["skipped"])
-    assert set(skipped) == {"param_importances.png", "param_importances.html"}
+    assert set(skipped) == {"param_importances.png", "param_importances (plots.html)"}
     assert "at least 2 completed trials" in skipped["param_importances.png"]
     assert set(sections["written"]) == names
     with open(tmp_path / "trials.csv", newline="") as fh:
@@ -209,7 +217,7 @@ def test_zero_completed_trials_does_not_raise(tmp_path, kind):
     paths = write_report(study, str(tmp_path))
     assert [Path(p).name for p in paths] == ["trials.csv", "report.txt"]
     sections = report_sections((tmp_path / "report.txt").read_text())
-    assert {line.split(": ", 1)[0] for line in sections["skipped"]} == set(PLOT_FILES)
+    assert {line.split(": ", 1)[0] for line in sections["skipped"]} == set(DRAWINGS)
     assert all("no completed trial" in line for line in sections["skipped"])
     with open(tmp_path / "trials.csv", newline="") as fh:
         reader = csv.DictReader(fh)
@@ -226,7 +234,7 @@ def test_missing_plotly_skips_html_only(tmp_path, monkeypatch, full_report):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real_find_spec(name, *a))
     names = [Path(p).name for p in write_report(study, str(tmp_path))]
-    assert names == ["trials.csv", *[n for n in PLOT_FILES if n.endswith(".png")], "report.txt"]
+    assert names == ["trials.csv", *PLOT_FILES[:-1], "report.txt"]
     skipped = report_sections((tmp_path / "report.txt").read_text())["skipped"]
     assert len(skipped) == 4 and all("plotly is not installed" in line for line in skipped)
 
@@ -234,9 +242,12 @@ def test_missing_plotly_skips_html_only(tmp_path, monkeypatch, full_report):
 def test_rerun_replaces_stale_outputs(tmp_path, full_report):
     _, full_out, _ = full_report
     (tmp_path / "param_importances.png").write_bytes((full_out / "param_importances.png").read_bytes())
+    (tmp_path / "plots.html").write_text((full_out / "plots.html").read_text())
+    (tmp_path / "slice.html").write_text("a page-per-plot report of an earlier version")
     (tmp_path / "unrelated.txt").write_text("keep me")
     write_report(optuna.create_study(), str(tmp_path))
     assert not (tmp_path / "param_importances.png").exists()
+    assert not (tmp_path / "plots.html").exists() and not (tmp_path / "slice.html").exists()
     assert (tmp_path / "unrelated.txt").read_text() == "keep me"
 
 
@@ -264,7 +275,7 @@ def test_param_importances_deterministic(tmp_path, full_report):
     write_report(study, str(tmp_path))
 
     def bars(path: Path) -> list:
-        html = path.read_text()
+        html = figure_section(path.read_text(), "param_importances")
         start = html.index("Plotly.newPlot(")
         payload = html[start:]
         # Figure data lives in the first JSON array after the div id.
@@ -272,7 +283,7 @@ def test_param_importances_deterministic(tmp_path, full_report):
         data, _ = json.JSONDecoder().raw_decode(payload[data_start:])
         return [(d.get("y"), d.get("x")) for d in data]
 
-    assert bars(out / "param_importances.html") == bars(tmp_path / "param_importances.html")
+    assert bars(out / "plots.html") == bars(tmp_path / "plots.html")
 
 
 def manual_best(study: optuna.Study) -> list[tuple[int, float]]:
