@@ -358,13 +358,15 @@ def report(setup: Setup, logs: dict[str, list[EpochLog]], smoke: bool, out: Path
         verdict.append(f"the epoch ratio {s['ratio']:.2f} is above the {MAX_EPOCH_RATIO} goal")
     if not s["matches"]:
         verdict.append(f"flower-exp's best score is below Keras Tuner's by more than {MATCH_TOLERANCE}")
+    startup, min_resource, factor = sweep_defaults()
     notes = [
         f"Task: flower-exp demo data ({setup.classes} classes, {setup.per_class} images per class split "
         f"~60/20/20, {setup.image_size} px), small CNN, full trial {setup.epochs} epochs, budget {setup.budget} "
         f"training epochs per method and seed; seeds {list(setup.seeds)} (sampler / tuner seeds; the training "
         "seed is the experiment's, the same for every method).",
         f"Search space (all methods): {', '.join(SPACE)}; fixed: {FIXED}. flower-exp runs use the sweep defaults "
-        "(TPE seeded multivariate with 5 startup trials; Hyperband min_resource 3, reduction factor 3) and the "
+        f"(TPE seeded multivariate with {startup} startup trials; Hyperband min_resource {min_resource}, reduction "
+        f"factor {factor}) and the "
         "random baseline `sampler: random`, `pruner: none`. Keras Tuner: Hyperband(max_epochs="
         f"{setup.epochs}, factor=3), RandomSearch; its hypermodel builds the configuration with flower-exp's "
         "apply_values, the model with models.create_model, the data with data.pipeline.make_dataset and the LR "
@@ -392,18 +394,29 @@ def report(setup: Setup, logs: dict[str, list[EpochLog]], smoke: bool, out: Path
     return path
 
 
+def sweep_defaults() -> tuple[int, int, int]:
+    """flower-exp's default TPE start-up trials, Hyperband min_resource and reduction factor."""
+    from flower_exp.config import PrunerConfig, SamplerConfig
+
+    pruner = PrunerConfig()
+    return SamplerConfig().n_startup_trials, pruner.min_resource, pruner.reduction_factor
+
+
 def missed_note(s: dict, setup: Setup) -> str:
     """Why a missed goal can happen on this task, and what would close it."""
     finals = [f for m in METHODS for f in s["finals"][m]]
     medians = sorted(s["med_final"].values())
+    startup, min_resource, _ = sweep_defaults()
+    warmup = SPACE["lr_rampup_epochs"]["high"] + SPACE["lr_sustain_epochs"]["high"]
     return (f"With {setup.budget / setup.epochs:.0f} full trials of {setup.epochs} epochs per search, the methods' median "
             f"best scores lie within {medians[-1] - medians[0]:.3f} of each other ({medians[0]:.3f}-{medians[-1]:.3f}) "
             f"while single searches range {min(finals):.3f}-{max(finals):.3f}: on this tiny demo task (synthetic "
             f"classes, {setup.image_size} px, a few hundred training images) the gap between configurations is "
             "smaller than the training noise of one configuration, so no search strategy can separate itself and "
-            "epochs-to-target is mostly censored. TPE only leaves its 5 random start-up trials (the same seeded draws "
-            "as the random baseline) after about a third of this budget, and flower-exp's Hyperband judges trials at "
-            "epoch 3, inside the sampled LR warm-up + sustain (up to 7 epochs). What would settle it: a task whose "
+            f"epochs-to-target is mostly censored. TPE only leaves its {startup} random start-up trials (the same "
+            f"seeded draws as the random baseline) after {startup * setup.epochs} of the {setup.budget} epochs, and "
+            f"flower-exp's Hyperband judges trials at epoch {min_resource}, inside the sampled LR warm-up + sustain "
+            f"(up to {warmup} epochs). What would settle it: a task whose "
             "configurations differ by more than their noise (real flower photos at 192 px or more, the seed's "
             "EfficientNet/DenseNet space) and a longer budget on a GPU. The sampler and pruner defaults were "
             "deliberately not tuned to the demo data.")

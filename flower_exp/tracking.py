@@ -89,24 +89,23 @@ class Tracker:
         self.target = target
         self._down = False
         bound_http_retries()
-        _check_local_store(target.uri)
+        prepare_store(target)
         _check_server(target.uri)
         try:
-            with local_store_lock(target.uri):
-                self.client = MlflowClient(tracking_uri=target.uri)
-                found = self.client.get_experiment_by_name(experiment)
-                if found is None:
-                    location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
-                    try:
-                        self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-                    except Exception:
-                        # Another process (a second machine starting the same sweep) created it just now.
-                        found = self.client.get_experiment_by_name(experiment)
-                        if found is None:
-                            raise
-                        self.experiment_id = found.experiment_id
-                else:
+            self.client = MlflowClient(tracking_uri=target.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                except Exception:
+                    # Another process (a second machine starting the same sweep) created it just now.
+                    found = self.client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
                     self.experiment_id = found.experiment_id
+            else:
+                self.experiment_id = found.experiment_id
         except Exception as exc:
             if isinstance(exc, FlowerExpError):
                 raise
@@ -288,7 +287,7 @@ def local_store_lock(uri: str) -> Iterator[None]:
     project's store at once (two terminals, a job array on one machine) interleave their
     migrations and leave a database that no later command can open ("table _alembic_tmp_...
     already exists"). Once a process has opened the store, MLflow keeps it for the process, so
-    the lock is taken once per process and held for milliseconds on an existing database.
+    a later open in the process only checks the schema, in milliseconds.
     """
     if not uri.startswith("sqlite:///"):
         yield
@@ -305,8 +304,9 @@ def local_store_lock(uri: str) -> Iterator[None]:
 
 
 def prepare_store(target: TrackingTarget) -> None:
-    """Create or migrate ``target``'s local sqlite store now, under :func:`local_store_lock`
-    (e.g. before another program, like ``mlflow ui``, opens it); a no-op for other stores."""
+    """Check ``target``'s local sqlite store and create or migrate it now, under
+    :func:`local_store_lock` (before a :class:`Tracker` or another program, like ``mlflow ui``,
+    uses it); a no-op for other stores."""
     if not target.uri.startswith("sqlite:///"):
         return
     from mlflow.tracking import MlflowClient

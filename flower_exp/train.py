@@ -469,8 +469,9 @@ def _freeing_run_memory() -> Iterator[None]:
 
     Why the gradient functions: Keras' TensorFlow optimizer all-reduces the gradients in
     every train step, even on one device (``ReplicaContext.all_reduce``), and that op is a
-    ``tf.custom_gradient``. Traced in graph mode (the ``tf.function`` train step), ``tf.custom_gradient`` registers its gradient
-    as ``CustomGradient-<uid>`` in TensorFlow's process-wide gradient registry
+    ``tf.custom_gradient``. Traced in graph mode (the ``tf.function`` train step),
+    ``tf.custom_gradient`` registers its gradient as ``CustomGradient-<uid>`` in
+    TensorFlow's process-wide gradient registry
     (``ops._gradient_registry``) and never removes it; the registered closure holds the step's
     gradient tensors, hence the whole train-step ``FuncGraph`` and, through it, the optimizer's
     per-variable update graphs. ``keras.backend.clear_session()`` does not touch that

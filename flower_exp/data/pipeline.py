@@ -175,11 +175,11 @@ def find_bad_shard(
                         f"{path}: record {read} ({record.id}): label {record.label} is outside [0, {num_classes}), "
                         f"the experiment's {num_classes} classes; check its classes / classes_file"
                     )
-                if size is not None and (dims := records.jpeg_size(record.image) or (0, 0)) != (size, size):
+                if size is not None and (dims := records.jpeg_size(record.image)) != (size, size):
+                    found = f"is {dims[0]}x{dims[1]}" if dims else "has no readable JPEG header"
                     return DataError(
-                        f"{path}: record {read} ({record.id}): image is {dims[0]}x{dims[1]}, not {size}x{size} "
-                        "like its folder; rewrite the shard at the folder's size "
-                        "(flower-exp data inspect lists every odd image)"
+                        f"{path}: record {read} ({record.id}): image {found}, not {size}x{size} like its folder; "
+                        "rewrite the shard at the folder's size (flower-exp data inspect lists every odd image)"
                     )
                 read += 1
         except DataError as exc:
