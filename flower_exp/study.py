@@ -622,13 +622,11 @@ class _Objective:
 
     def after_trial(self, study, trial) -> None:
         """Log the study's best value so far on the parent run (step = trial number)."""
-        state = trial.state.name.lower()
-        value = f" {trial.value:.4f}" if trial.value is not None else ""
         try:
             best = study.best_value
         except ValueError:
             best = None
-        self.log(f"trial {trial.number} {state}{value}; best so far {'-' if best is None else f'{best:.4f}'}")
+        self.log(trial_line(trial, best))
         counts = _count(study)
         self.emit({"kind": "trial_end", "number": trial.number, "state": state, "value": trial.value, "best": best,
                    "done": counts["finished"] + counts["failed_counted"], "total": self.spec.total_trials})
@@ -757,6 +755,17 @@ def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callab
 
 
 # --------------------------------------------------------------------------- summaries
+
+
+def trial_line(trial: Any, best: float | None) -> str:
+    """The sweep's one-line summary of a finished trial (an Optuna ``FrozenTrial``)."""
+    state = trial.state.name.lower()
+    value = f" {trial.value:.4f}" if trial.value is not None else ""
+    if state == "pruned":
+        # Optuna's value of a pruned trial is its last report, not the run's best epoch.
+        last = f", last val_macro_f1{value}" if value else ""
+        value = f" at epoch {trial.user_attrs.get('epochs_run', '?')}{last}"
+    return f"trial {trial.number} {state}{value}; best so far {'-' if best is None else f'{best:.4f}'}"
 
 
 def _count(study) -> dict[str, int]:

@@ -166,3 +166,20 @@ def test_storage_and_worker_errors_exit_2(cli, project):
     assert_one_line_error(cli("sweep", "-s", "nope", cwd=project), "sweep 'nope'")
     assert_one_line_error(cli("sweep", "-s", "tiny", "--workers", "0", cwd=project), "--workers 0")
     assert_one_line_error(cli("status", "-s", "tiny", cwd=project), "no sweeps yet")
+
+
+def test_trial_line_says_where_a_pruned_trial_stopped():
+    import optuna
+
+    from flower_exp.study import trial_line
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5487, state=optuna.trial.TrialState.COMPLETE))
+    study.add_trial(optuna.trial.create_trial(value=0.3695, state=optuna.trial.TrialState.PRUNED,
+                                              intermediate_values={1: 0.3781, 2: 0.3695}, user_attrs={"epochs_run": 4}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    complete, pruned, failed = study.trials
+    assert trial_line(complete, 0.5487) == "trial 0 complete 0.5487; best so far 0.5487"
+    # Optuna's value of a pruned trial is its last report; the line must not pass it off as its score.
+    assert trial_line(pruned, 0.5487) == "trial 1 pruned at epoch 4, last val_macro_f1 0.3695; best so far 0.5487"
+    assert trial_line(failed, None) == "trial 2 fail; best so far -"
