@@ -628,7 +628,7 @@ class _Objective:
             best = None
         self.log(trial_line(trial, best))
         counts = _count(study)
-        self.emit({"kind": "trial_end", "number": trial.number, "state": state, "value": trial.value, "best": best,
+        self.emit({"kind": "trial_end", "number": trial.number, "state": trial.state.name.lower(), "value": trial.value, "best": best,
                    "done": counts["finished"] + counts["failed_counted"], "total": self.spec.total_trials})
         try:
             run_id = trial.user_attrs.get(ATTR_RUN)
