@@ -1,5 +1,23 @@
-"""flower-exp: an experiment-tracking sweep harness for image classification."""
+"""flower-exp: an experiment-tracking sweep harness for image classification.
 
+The public Python API is four functions, :func:`sweep`, :func:`train`, :func:`best` and
+:func:`predict`, mirroring the CLI commands of the same names.
+
+Rule: ``flower_exp.<name>`` is always the public function, even where a submodule has the same
+name (``flower_exp/train.py``, ``flower_exp/best.py``). Importing a submodule normally rebinds
+the package attribute to the module, which turned ``flower_exp.best(...)`` into "'module' object
+is not callable" once anything had imported ``flower_exp.best``. The package's module class
+below refuses that one rebinding, so:
+
+- ``flower_exp.train`` / ``flower_exp.best`` and ``from flower_exp import best`` give the function;
+- ``from flower_exp.best import run_best``, ``importlib.import_module("flower_exp.best")`` and
+  ``sys.modules["flower_exp.best"]`` give the module, as usual;
+- ``import flower_exp.best as m`` gives the *function* (Python resolves ``as`` through the
+  package attribute): use one of the forms above to reach a module.
+"""
+
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -43,3 +61,22 @@ def predict(export: str, sources: list[str] | None = None, *, top: int = 5, tta:
 
 
 __all__ = ["__version__", "best", "predict", "sweep", "train"]
+
+_PUBLIC_FUNCTIONS = {name: globals()[name] for name in ("best", "predict", "sweep", "train")}
+
+
+class _Package(types.ModuleType):
+    """The package's module class: keeps the public functions when a same-named submodule
+    is imported (the import system binds every loaded submodule on its parent with setattr)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if (
+            isinstance(value, types.ModuleType)
+            and value.__name__ == f"{self.__name__}.{name}"
+            and self.__dict__.get(name) is _PUBLIC_FUNCTIONS.get(name)
+        ):
+            return  # the submodule stays reachable through sys.modules and `from ... import`
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
