@@ -17,6 +17,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperOption
 
 from . import __version__
 from .errors import FlowerExpError
@@ -33,8 +34,22 @@ data_app = typer.Typer(help="Datasets in the competition TFRecord layout.", no_a
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
-out = Console(highlight=False, soft_wrap=True)
+# stdout carries data (tables, YAML, paths, class names, descriptions like "[0, 1]"), never
+# styling: without markup every character prints as written. stderr keeps markup for its
+# colours, so text printed there goes through `escape`.
+out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_typer_display_type_rich = TyperOption.display_type_rich
+
+
+def _display_type_rich(self: TyperOption, ctx) -> str | None:
+    """Typer 0.29's rich help lists every flag as taking a ``<bool>`` value (its plain help
+    does not): a flag takes no value, so show none."""
+    return None if self.is_flag or self.count else _typer_display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _display_type_rich
 
 
 class _State:
@@ -79,7 +94,7 @@ def _experiment(name: Optional[str], overrides: Optional[list[str]] = None):
 
 
 def _log(message: str) -> None:
-    err.print(f"[dim]{message}[/dim]")
+    err.print(f"[dim]{escape(message)}[/dim]")
 
 
 TrackingOpt = Annotated[
@@ -566,9 +581,9 @@ def data_import_folder(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     for item in report.skipped:
-        err.print(f"[yellow]skipped[/yellow] {item}")
+        err.print(f"[yellow]skipped[/yellow] {escape(str(item))}")
     for item in report.duplicates:
-        err.print(f"[yellow]duplicate[/yellow] {item}")
+        err.print(f"[yellow]duplicate[/yellow] {escape(str(item))}")
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items())
     out.print(
         f"wrote {report.out}: {len(report.classes)} classes, sizes {report.sizes}, {counts}; "

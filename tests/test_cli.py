@@ -64,3 +64,42 @@ def test_status_reads_a_study_without_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "3 complete" in proc.stdout and "parent123" in proc.stdout and "best: trial" in proc.stdout
     assert "TF=False" in proc.stdout
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+WIDE = {"COLUMNS": "400"}  # no wrapping, so whole descriptions can be matched
+
+
+def test_config_keys_prints_bracketed_descriptions_verbatim():
+    from typer.testing import CliRunner
+
+    from flower_exp.cli import app
+    from flower_exp.config import describe_fields
+
+    bracketed = [description for _key, _default, description in describe_fields() if "[" in description]
+    assert bracketed, "no description with brackets left to check"
+    result = CliRunner().invoke(app, ["config", "keys"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    for description in bracketed:
+        assert description in result.stdout
+
+
+def test_logged_messages_print_markup_literally(capsys):
+    from flower_exp.cli import _log
+
+    _log("layer [bold]conv[/bold] in [red]")
+    assert "layer [bold]conv[/bold] in [red]" in capsys.readouterr().err
+
+
+def test_help_shows_flags_without_a_value_type():
+    from typer.testing import CliRunner
+
+    from flower_exp.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "--allow-leakage" in result.stdout and "--quiet" in result.stdout
+    assert "<bool>" not in result.stdout
+    assert "<int>" in result.stdout  # options that take a value still show its type
