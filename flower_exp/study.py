@@ -43,7 +43,7 @@ from .config import (
     project_dir,
     resolve,
 )
-from .errors import DataError, FlowerExpError
+from .errors import ConfigError, DataError, FlowerExpError
 from .tracking import TAG_ERROR, TAG_KIND, TAG_PREFIX, TAG_STATE, RecordingFailed, Tracker, TrackingTarget, default_target, redact
 
 TAG_SWEEP = TAG_PREFIX + "sweep"
@@ -58,6 +58,9 @@ ATTR_RETRY_OF = "retry_of_trial"
 # counted against the budget, and queued again with the same params.
 ATTR_NOT_RECORDED = "recording_error"
 ATTR_UNRECORDED_RUN = "unrecorded_run_id"
+# A trial whose configuration was invalid (a sweep file that slipped past validation): FAILED,
+# not counted against the budget, and the sweep stops.
+ATTR_CONFIG_ERROR = "config_error"
 HEARTBEAT_ATTR = "flower_exp:heartbeat"
 DEFAULT_SWEEP = "demo"
 # A sweep whose every trial fails (broken data, missing weights) stops instead of burning budget.
@@ -128,16 +131,22 @@ def default_storage_url(config_path: Path) -> str:
 
 def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None = None) -> Any:
     """An Optuna storage with heartbeats: a journal file (path ending ``.log`` or
-    ``journal:PATH``) or an RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``)."""
+    ``journal:PATH``) or an RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``).
+
+    Processes that run trials pass ``on_stale`` (a dead worker's trial is theirs to re-queue):
+    a journal is then checked and a torn last line cut off (:mod:`flower_exp.journal`). Without
+    it the storage is opened to read (``flower-exp status``): the journal is never changed and
+    may be read-only."""
     import optuna
 
     # Failed trials are reported by the sweep itself, without Optuna's traceback per failure.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if url.startswith("journal:") or url.endswith(".log") or "://" not in url:
+        from .journal import open_journal
+
         path = Path(url.removeprefix("journal:"))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            backend = open_journal(path, readonly=on_stale is None)
         except OSError as exc:
             raise FlowerExpError(f"Optuna storage {path}: cannot open ({exc.strerror or exc})") from None
         return _journal_with_heartbeat()(backend, heartbeat.interval_s, heartbeat.grace_s, on_stale)
@@ -544,6 +553,8 @@ class _Objective:
 
             if isinstance(exc, RecordingFailed):
                 self._requeue_unrecorded(trial, exc)
+            elif isinstance(exc, ConfigError):
+                self._stop_on_invalid_config(trial, exc)
             elif not isinstance(exc, optuna.TrialPruned):
                 # Marks the failure as the trial's own (it uses up budget; a dead worker's does not).
                 trial.set_user_attr(ATTR_FAIL, f"{type(exc).__name__}: {exc}"[:1000])
@@ -552,6 +563,13 @@ class _Objective:
                 if isinstance(exc, DataError):
                     self.stop = exc  # every trial reads the same shards: stop, naming the file
             raise
+
+    def _stop_on_invalid_config(self, trial, exc: ConfigError) -> None:
+        """FAILED without ATTR_FAIL (not counted against ``--trials``), and the sweep stops:
+        every later trial would be built from the same broken sweep file."""
+        trial.set_user_attr(ATTR_CONFIG_ERROR, str(exc)[:1000])
+        self.stop = ConfigError(f"{exc}; trial {trial.number} stopped the sweep and is not counted")
+        self.log(f"trial {trial.number} failed: {exc}")
 
     def _requeue_unrecorded(self, trial, exc: RecordingFailed) -> None:
         """FAILED with the reason, the same params queued again (not counted as budget used)."""
@@ -780,8 +798,8 @@ def _count(study) -> dict[str, int]:
         "waiting": sum(t.state == TrialState.WAITING for t in trials),
     }
     counts["finished"] = counts["complete"] + counts["pruned"]
-    # A trial that failed on its own (NaN loss, bad config) uses up budget; one whose worker
-    # died does not: its retry will run.
+    # A trial that failed on its own (NaN loss, out of memory) uses up budget; one whose worker
+    # died does not (its retry will run), nor one whose configuration was invalid (the sweep stopped).
     counts["failed_counted"] = sum(t.state == TrialState.FAIL and ATTR_FAIL in t.user_attrs for t in trials)
     return counts
 
