@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import ExperimentConfig, find_config, load_experiment, project_dir, resolve
+from .config import ExperimentConfig, find_config, load_experiment, project_dir, read_yaml, resolve
 from .errors import FlowerExpError
 from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, default_target
 
@@ -251,7 +249,7 @@ def _class_names(exp) -> list[str]:
 def _member_experiment(tracker, run_id: str, exp, tmp: str):
     """The member run's exact configuration (its config.yaml artifact) on this experiment's data."""
     path = tracker.client.download_artifacts(run_id, "config.yaml", os.path.join(tmp, run_id))
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(Path(path))
     for key in ("data_dir", "classes"):
         data.pop(key, None)
     data.update(data_dir=exp.config.data_dir, generate=exp.config.generate, classes=exp.config.classes,

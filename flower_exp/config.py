@@ -9,16 +9,18 @@ unless ``--config PATH`` is given; without one, the copy shipped in the package 
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .yaml_io import load_yaml
 
 CONFIG_FILE = "experiments.yaml"
 DATA_DIR_ENV = "GCS_DS_PATH"
@@ -35,7 +37,8 @@ def _one_of(value: str, allowed: Sequence[str], what: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Non-finite floats are never a meaningful setting or bound (.inf passes gt=0 checks).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(_Strict):
@@ -361,7 +364,17 @@ class SweepConfig(_Strict):
             unknown = sorted(set(entry) - set(names))
             if unknown:
                 raise ValueError(f"enqueue.{i}: {unknown[0]!r} is not a searched param; allowed: {', '.join(names)}")
+            for key, value in entry.items():
+                choices = self.params[key].choices
+                if choices is not None and not any(_same_choice(value, c) for c in choices):
+                    # Optuna fails such a trial ("not in choices") instead of rejecting the file.
+                    raise ValueError(f"enqueue.{i}.{key}: {_shown(value)} is not one of the choices; allowed: {_shown(choices)}")
         return self
+
+
+def _same_choice(value: Any, choice: Any) -> bool:
+    """Optuna's categorical equality (16 == 16.0), but "16" is not 16 and True is not 1."""
+    return value == choice and isinstance(value, bool) == isinstance(choice, bool)
 
 
 def load_sweep(path: str | os.PathLike, experiment: ExperimentConfig | None = None) -> SweepConfig:
@@ -382,6 +395,7 @@ def load_sweep(path: str | os.PathLike, experiment: ExperimentConfig | None = No
             _check_setting(experiment, key, value, path, f"fixed.{key}")
         base = apply_values(experiment, sweep.fixed, path, "fixed") if sweep.fixed else experiment
         for name, spec in sweep.params.items():
+            _check_range_type(name, spec, path)
             for value in spec.values_to_check():
                 _check_setting(base, name, value, path, f"params.{name}")
         for i, entry in enumerate(sweep.enqueue):
@@ -415,11 +429,67 @@ def _check_setting(exp: ExperimentConfig, key: str, value: Any, path: Path, wher
         raise ConfigError(f"{path}: {where}: {key!r} is not an experiment setting; allowed: {allowed}")
     if key in ("name", "data_dir", "generate", "classes", "classes_file", "extra_data", "cache_dir"):
         raise ConfigError(f"{path}: {where}: {key!r} describes the data, not a trial; set it in experiments.yaml")
+    _check_type(key, value, path, where)
     try:
         apply_values(exp, {key: value}, path, where)
     except ConfigError as exc:
         message = str(exc).split(": ", 1)[-1]
-        raise ConfigError(f"{path}: {where}: value {value!r} is invalid ({message.split(': ', 1)[-1]})") from None
+        raise ConfigError(f"{path}: {where}: value {_shown(value)} is invalid ({message.split(': ', 1)[-1]})") from None
+
+
+def _shown(value: Any) -> str:
+    """``repr`` cut short: an error line must stay one readable line whatever the value."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 6
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
+_SHORT_REPR.maxlevel = 2
+
+
+def _setting_type(key: str) -> Any:
+    """The annotation of the experiment setting ``key`` (dotted; known to exist)."""
+    *group, leaf = key.split(".")
+    model: Any = ExperimentConfig
+    for part in group:
+        model = _inner_model(model.model_fields[part].annotation)
+    return model.model_fields[leaf].annotation
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    try:
+        TypeAdapter(annotation).validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+def _check_type(key: str, value: Any, path: Path, where: str) -> None:
+    """Refuse a sweep value of the wrong type even where pydantic would coerce it: Optuna
+    compares values as written, so ``"16"`` never matches ``choices: [8, 16]``."""
+    annotation = _setting_type(key)
+    if isinstance(value, dict) and _inner_model(annotation) is not None:
+        return  # a whole group of settings: apply_values validates its members
+    try:
+        TypeAdapter(annotation).validate_python(value, strict=True)
+    except ValidationError as exc:
+        allowed = exc.errors()[0]["msg"].removeprefix("Input should be ").removeprefix("a valid ")
+        raise ConfigError(f"{path}: {where}: {_shown(value)} has the wrong type for {key!r}; allowed: {allowed}") from None
+
+
+def _check_range_type(name: str, spec: ParamSpec, path: Path) -> None:
+    """An integer setting needs integer bounds: with one float bound Optuna samples floats
+    (``epochs`` 1.37) and every trial fails."""
+    fields = _fields_at(name.split(".")[:-1])
+    if spec.choices is not None or spec.is_int or fields is None or name.split(".")[-1] not in fields:
+        return  # choices are checked one by one; an unknown key is reported by _check_setting
+    annotation = _setting_type(name)
+    if _accepts(annotation, 1) and not _accepts(annotation, 1.5):
+        raise ConfigError(
+            f"{path}: params.{name}: {name!r} is an integer setting; allowed: integer low, high and step "
+            f"(e.g. low: {math.floor(spec.low)}, high: {math.ceil(spec.high)})"
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -503,8 +573,8 @@ def apply_overrides(
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value (e.g. --set image_size=224)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
+        except ConfigError:
             value = raw
         node: Any = data
         parts = key.split(".")
@@ -560,18 +630,13 @@ def builtin_classes(name: str) -> list[str]:
 
 
 def read_yaml(path: Path) -> Any:
-    """``yaml.safe_load`` a file, turning syntax errors into one-line :class:`ConfigError`."""
+    """Read a user's YAML file with the guarded loader (:func:`flower_exp.yaml_io.load_yaml`),
+    turning every problem into a one-line :class:`ConfigError` naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{line} malformed YAML ({problem})") from None
+    return load_yaml(text, str(path))
 
 
 def format_validation_error(

@@ -63,6 +63,10 @@ SWEEP_CASES = {
     "empty_search_space": (None, "params: {}\n", [], "params:"),
     "low_above_high": (None, "params: {lr_max: {low: 1.0, high: 0.1}}\n", [], "params.lr_max: low > high"),
     "unknown_architecture": ({"architecture": "resnet9000"}, None, [], "architecture"),
+    "enqueue_wrong_type": (None, "params: {cnn_width: {choices: [4, 8]}}\nenqueue: [{cnn_width: '8'}]\n", [],
+                           "enqueue.0.cnn_width: '8' is not one of the choices; allowed: [4, 8]"),
+    "duplicate_key": (None, "params: {cnn_width: {choices: [4, 8]}}\nparams: {}\n", [],
+                      "bad.yaml: line 2: duplicate key 'params' (first on line 1)"),
     "unknown_sampler": (None, "sampler: {name: cmaes}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown sampler 'cmaes'"),
     "unknown_pruner": (None, "pruner: {name: asha}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown pruner 'asha'"),
     "unknown_strategy": ({"strategy": "quantum"}, None, [], "strategy"),
@@ -460,3 +464,34 @@ def test_two_processes_export_to_one_folder_exactly_one_wins(tmp_path, export_di
     doc = json.loads((out / "ensemble.json").read_text())
     assert [m["run_id"] for m in doc["members"]] == wins
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]  # the loser left no temp folder
+
+
+# --------------------------------------------------------------------------- a trial whose configuration is invalid
+
+
+def test_trial_with_invalid_configuration_is_not_counted_and_stops_the_sweep(tmp_path, demo_root):
+    """A sweep file that slips past validation (here: loaded without the experiment check, so
+    ``epochs`` is sampled as a float) fails its first trial, which is not counted, and stops."""
+    import optuna
+
+    from flower_exp.config import load_experiment, load_sweep
+    from flower_exp.errors import ConfigError
+    from flower_exp.study import ATTR_CONFIG_ERROR, SweepSpec, _count, _Objective, _worker_loop
+
+    project = write_project(tmp_path / "p", demo_root, sweep={"params": {"epochs": {"low": 1, "high": 2.0}}, "fixed": {}})
+    sweep_path = project / "sweeps" / "tiny.yaml"
+    exp = load_experiment(config=project / "experiments.yaml")
+    spec = SweepSpec(config_path=str(project / "experiments.yaml"), experiment="tiny", sweep_path=str(sweep_path),
+                     study_name="s", storage_url=":memory:", tracking=None, parent_run_id="", total_trials=3,
+                     deadline=None, quiet=True)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    objective = _Objective(spec, exp, load_sweep(sweep_path), None, lambda m: None, lambda e: None)
+    with pytest.raises(ConfigError) as exc:
+        _worker_loop(spec, study, objective, lambda m: None, "", poll_s=1)
+    message = str(exc.value)
+    assert message.startswith(f"{sweep_path}: trial 0") and "epochs" in message and "\n" not in message
+    assert message.endswith("trial 0 stopped the sweep and is not counted")
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # stopped at once, not after 3 trials
+    assert ATTR_CONFIG_ERROR in study.trials[0].user_attrs
+    assert _count(study)["failed_counted"] == 0  # a rerun after the fix still runs all 3
+    assert not (project / "mlruns").exists()  # no MLflow run was started

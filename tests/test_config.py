@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, assert_one_line_error
-from flower_exp.config import ExperimentConfig, describe_fields, load_experiment
+from flower_exp.config import ExperimentConfig, describe_fields, load_experiment, load_sweep
 from flower_exp.errors import ConfigError
 
 
@@ -125,6 +127,7 @@ def test_config_keys_lists_descriptions(cli, tmp_path):
 ERROR_CASES = {
     "malformed": ("experiments:\n  demo: [unclosed\n", [], "malformed YAML"),
     "empty": ("", [], "empty file"),
+    "duplicate_key": ("experiments:\n  x: {data_dir: .}\nexperiments: {}\n", [], "line 3: duplicate key 'experiments' (first on line 1)"),
     "not_a_mapping": ("- a\n- b\n", [], "(top level)"),
     "unknown_top_key": ("experimants: {}\n", [], "experimants: unknown key; allowed: default, experiments"),
     "unknown_nested_key": (
@@ -203,3 +206,107 @@ def test_missing_config_file_and_bad_set(cli, project, tmp_path):
 def test_unreadable_file_is_a_user_error(cli, tmp_path):
     (tmp_path / "experiments.yaml").write_bytes(b"\xff\xfe\x00bad")
     assert_one_line_error(cli("config", "show", cwd=tmp_path), "cannot read")
+
+
+# ----------------------------------------------------------------- sweep values against the setting's type
+
+
+@pytest.fixture
+def experiment(project):
+    return load_experiment(config=project / "experiments.yaml").config
+
+
+# name: (sweep file text, error fragment after "<file>: ")
+SWEEP_VALUE_CASES = {
+    "int_setting_float_bound": ("params: {epochs: {low: 1, high: 2.0}}\n",
+                                "params.epochs: 'epochs' is an integer setting; allowed: integer low, high and step"),
+    "int_setting_float_step": ("params: {epochs: {low: 1, high: 4, step: 1.0}}\n", "params.epochs: 'epochs' is an integer setting"),
+    "infinite_bound": ("params: {lr_max: {low: 1.0e-4, high: .inf}}\n", "params.lr_max.high: Input should be a finite number"),
+    "nan_bound": ("params: {lr_max: {low: .nan, high: 1.0}}\n", "params.lr_max.low: Input should be a finite number"),
+    "enqueue_string_for_int_choice": ("params: {cnn_width: {choices: [8, 16]}}\nenqueue: [{cnn_width: '16'}]\n",
+                                      "enqueue.0.cnn_width: '16' is not one of the choices; allowed: [8, 16]"),
+    "enqueue_float_for_int_setting": ("params: {epochs: {low: 1, high: 4}}\nenqueue: [{epochs: 2.5}]\n",
+                                      "enqueue.0.epochs: 2.5 has the wrong type for 'epochs'; allowed: integer"),
+    "string_choice_for_int_setting": ("params: {cnn_width: {choices: ['8', 16]}}\n",
+                                      "params.cnn_width: '8' has the wrong type for 'cnn_width'; allowed: integer"),
+    "fixed_float_for_int_setting": ("params: {cnn_width: {choices: [8]}}\nfixed: {epochs: 2.0}\n",
+                                    "fixed.epochs: 2.0 has the wrong type for 'epochs'; allowed: integer"),
+    "fixed_int_for_bool_setting": ("params: {cnn_width: {choices: [8]}}\nfixed: {jit_compile: 1}\n",
+                                   "fixed.jit_compile: 1 has the wrong type for 'jit_compile'; allowed: boolean"),
+    "fixed_infinite": ("params: {cnn_width: {choices: [8]}}\nfixed: {lr_max: .inf}\n",
+                       "fixed.lr_max: value inf is invalid (Input should be a finite number"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_VALUE_CASES))
+def test_sweep_values_are_checked_against_the_setting_type(tmp_path, experiment, case):
+    text, fragment = SWEEP_VALUE_CASES[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_sweep(path, experiment)
+    assert str(exc.value).startswith(f"{path}: {fragment}"), str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_well_typed_sweep_values_pass(tmp_path, experiment):
+    path = tmp_path / "ok.yaml"
+    path.write_text("params:\n  lr_max: {low: 1e-4, high: 2e-3, log: true}\n  epochs: {low: 1, high: 3}\n"
+                    "  cnn_width: {choices: [8, 16]}\n  dropout: {low: 0, high: 0.5}\n"
+                    "fixed: {jit_compile: false, augment: {flip: false}}\n"
+                    "enqueue: [{lr_max: 8e-4, epochs: 2, cnn_width: 16, dropout: 0}]\n")
+    sweep = load_sweep(path, experiment)
+    assert sweep.params["lr_max"].low == 1e-4  # YAML 1.2 float, not the string "1e-4"
+    assert sweep.enqueue[0]["lr_max"] == 8e-4
+
+
+# ----------------------------------------------------------------- the YAML loader's guards
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """The classic alias bomb as one choice: each level lists the previous one 9 times."""
+    names = "abcdefghi"[:levels]
+    items = ['&a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    items += [f"&{name} [" + ",".join([f"*{previous}"] * 9) + "]" for previous, name in zip(names, names[1:])]
+    return "params: {cnn_width: {choices: [[" + ", ".join(items) + "]]}}\n"
+
+
+def test_alias_bomb_in_a_sweep_file_is_refused_fast_without_memory(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs())
+    assert len(path.read_bytes()) < 500
+    # In a child capped at 1 GiB of address space: without the guard, the error message for the
+    # wrong-typed choice renders 387 million aliased strings (MemoryError past 3 GB uncapped).
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            "from flower_exp.config import ExperimentConfig, load_sweep\nfrom flower_exp.errors import ConfigError\n"
+            "try:\n    load_sweep(sys.argv[1], ExperimentConfig())\nexcept ConfigError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.strip().startswith(f"{path}: line 1: aliases expand to more than 10000 values"), proc.stdout
+
+
+YAML_GUARD_CASES = {
+    "duplicate_top_key": ("params: {lr_max: {low: 1, high: 2}}\ntrials: 3\nparams: {}\n",
+                          "line 3: duplicate key 'params' (first on line 1)"),
+    "duplicate_nested_key": ("params:\n  epochs: {low: 1, high: 2}\n  epochs: {low: 3, high: 4}\n",
+                             "line 3: duplicate key 'epochs' (first on line 2)"),
+    "cyclic_alias": ("params: &p\n  x: *p\n", "line 2: alias *p refers to a collection that contains it"),
+    "python_tag": ("trials: !!python/object/apply:os.system ['echo pwned']\n", "malformed YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_GUARD_CASES))
+def test_yaml_guards(tmp_path, case):
+    text, fragment = YAML_GUARD_CASES[case]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_sweep(path)
+    assert str(exc.value).startswith(f"{path}:") and fragment in str(exc.value), str(exc.value)
+
+
+def test_yaml_merge_keys_may_override_and_small_aliases_pass():
+    from flower_exp.yaml_io import load_yaml
+
+    text = "base: &b {flip: true, brightness: 0.1}\nmine:\n  <<: *b\n  flip: false\nlist: [*b, *b]\n"
+    assert load_yaml(text, "x.yaml")["mine"] == {"flip": False, "brightness": 0.1}
