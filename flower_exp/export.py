@@ -1,4 +1,4 @@
-"""Write a self-contained export folder (see DESIGN.md, "Export format")::
+"""Write a self-contained export folder (docs/architecture.md, "Export format")::
 
     OUT/
       ensemble.json          format, class names, members (run, architecture, size, weight,

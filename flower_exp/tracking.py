@@ -1,4 +1,4 @@
-"""MLflow conventions (see DESIGN.md): where runs go, how they are named, tagged and closed.
+"""MLflow conventions (docs/architecture.md): where runs go, how they are named, tagged and closed.
 
 Default store ``sqlite:///<project>/mlruns/mlflow.db`` with artifacts under
 ``<project>/mlruns/artifacts`` — set explicitly, because MLflow 3 refuses the old ``./mlruns``
