@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig, find_config, load_experiment, project_dir, read_yaml, resolve
+from .config import ExperimentConfig, check_study_name, find_config, load_experiment, project_dir, read_yaml, resolve
 from .errors import FlowerExpError
 from .tracking import TAG_KIND, TAG_PREFIX, TAG_STATE, Tracker, default_target
 
 METHODS = ("optuna", "greedy", "mean")
+# The characters MLflow allows in a metric name (mlflow.utils.validation).
+METRIC_NAME = re.compile(r"[\w./: -]+")
 
 
 @dataclass
@@ -51,13 +54,19 @@ class BestResult:
 def select_runs(
     tracker: Tracker, *, study: str | None, top: int, metric: str = "val_macro_f1", diverse: bool = False
 ) -> list[Candidate]:
-    """The ``top`` finished (not pruned/failed) runs by ``metric``, optionally one per architecture."""
+    """The ``top`` finished or budget-stopped (not pruned/failed) runs by ``metric``, optionally
+    one per architecture."""
     key = metric if metric.startswith("best_") else f"best_{metric}"
-    query = "attributes.status = 'FINISHED' and tags.`flower_exp.state` = 'finished'"
+    query = "attributes.status = 'FINISHED'"
     if study:
-        query += f" and tags.`{TAG_PREFIX}study` = '{study}'"
-    runs = tracker.client.search_runs([tracker.experiment_id], query, order_by=[f"metrics.{key} DESC"], max_results=500)
-    runs = [r for r in runs if r.data.tags.get(TAG_KIND) in ("train", "trial") and key in r.data.metrics]
+        query += f" and tags.`{TAG_PREFIX}study` = '{check_study_name(study)}'"
+    # Backquoted: MLflow metric names may hold spaces, dots and slashes (check_metric_name
+    # keeps backquotes out).
+    runs = tracker.client.search_runs([tracker.experiment_id], query, order_by=[f"metrics.`{key}` DESC"], max_results=500)
+    # A run the budget stopped kept its best epoch like a finished one; pruned runs lost to
+    # others. (MLflow's filter language has no IN for tags, hence the state test here.)
+    runs = [r for r in runs if r.data.tags.get(TAG_KIND) in ("train", "trial") and key in r.data.metrics
+            and r.data.tags.get(TAG_STATE) in ("finished", "stopped")]
     if not runs:
         where = f"study {study!r}" if study else f"experiment {tracker.experiment!r}"
         raise FlowerExpError(f"no finished runs with metric {key} in {where}; run flower-exp sweep or train first")
@@ -111,6 +120,9 @@ def run_best(
         raise FlowerExpError(f"--method {method!r}: unknown; allowed: {', '.join(METHODS)}")
     if top < 1:
         raise FlowerExpError(f"--top {top}: must be >= 1")
+    check_metric_name(metric)
+    if study is not None:
+        check_study_name(study)
     if export is not None and Path(export).exists() and not Path(export).is_dir():
         raise FlowerExpError(f"{export}: exists and is not a folder; remove it or choose another path")  # even with --force
     if export is not None and Path(export).exists() and not force:
@@ -128,7 +140,7 @@ def run_best(
     with tempfile.TemporaryDirectory(prefix="flower-exp-best-") as tmp:
         members = []
         for c in candidates:
-            path = tracker.client.download_artifacts(c.run_id, "val_probs.npz", tmp)
+            path = _download(tracker, c.run_id, "val_probs.npz", tmp)
             members.append(load_member(c.run_id, path))
         study_name = f"{study or exp.name}-ensemble"
         report = evaluate(members, method=method, trials=trials, seed=seed, study_name=study_name)
@@ -145,7 +157,7 @@ def run_best(
             chosen = {report.best_single: 1.0}
 
         parent = candidates[0].parent_run_id
-        tags = {TAG_KIND: "ensemble", TAG_PREFIX + "method": method, TAG_STATE: "finished"}
+        tags = {TAG_KIND: "ensemble", TAG_PREFIX + "method": method}  # state: set by tracker.run when it ends
         if study:
             tags[TAG_PREFIX + "study"] = study
         with tracker.run(f"ensemble-{method}", tags, parent) as ensemble_run:
@@ -170,29 +182,29 @@ def run_best(
                 },
             )
             _log_report(tracker, ensemble_run, report, members, confusion_png, exp, tmp)
+            # Inside the ensemble run: a failed refit or export leaves it FAILED, not FINISHED.
+            refit_runs: dict[str, str] = {}
+            export_dir = None
+            if export is not None or refit:
+                by_id = {c.run_id: c for c in candidates}
+                model_runs = dict.fromkeys(chosen)
+                if refit:
+                    from .train import refit as refit_run
 
-        refit_runs: dict[str, str] = {}
-        export_dir = None
-        if export is not None or refit:
-            by_id = {c.run_id: c for c in candidates}
-            model_runs = dict.fromkeys(chosen)
-            if refit:
-                from .train import refit as refit_run
-
-                for run_id in chosen:
-                    member_exp = _member_experiment(tracker, run_id, exp, tmp)
-                    epochs = max(1, by_id[run_id].best_epoch)
-                    log(f"refitting {run_id} on train+val for {epochs} epochs")
-                    refit_runs[run_id] = refit_run(
-                        member_exp, epochs, tracker=tracker, refit_of=run_id, parent_run_id=parent, progress=log
+                    for run_id in chosen:
+                        member_exp = _member_experiment(tracker, run_id, exp, tmp)
+                        epochs = max(1, by_id[run_id].best_epoch)
+                        log(f"refitting {run_id} on train+val for {epochs} epochs")
+                        refit_runs[run_id] = refit_run(
+                            member_exp, epochs, tracker=tracker, refit_of=run_id, parent_run_id=parent, progress=log
+                        )
+                    model_runs = dict(refit_runs)
+                if export is not None:
+                    export_dir = _export(
+                        tracker, export, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp,
+                        force=force, register=register, tracking_uri=target.uri,
                     )
-                model_runs = dict(refit_runs)
-            if export is not None:
-                export_dir = _export(
-                    tracker, export, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp,
-                    force=force, register=register, tracking_uri=target.uri,
-                )
-                log(f"exported to {export_dir}")
+                    log(f"exported to {export_dir}")
     return BestResult(
         candidates=candidates,
         report=report,
@@ -202,6 +214,26 @@ def run_best(
         export_dir=export_dir,
         refit_runs=refit_runs,
     )
+
+
+def check_metric_name(metric: str) -> str:
+    """``metric`` if MLflow could have logged it (its allowed characters), else a one-line error."""
+    if not METRIC_NAME.fullmatch(metric):
+        raise FlowerExpError(f"--metric {metric!r}: not a metric name; allowed: letters, digits, spaces and _ - . / :")
+    return metric
+
+
+def _download(tracker: Tracker, run_id: str, artifact: str, folder: str) -> str:
+    """A run's artifact as a local file; one line if it is gone (artifact folder deleted, store moved)."""
+    os.makedirs(folder, exist_ok=True)
+    try:
+        return tracker.client.download_artifacts(run_id, artifact, folder)
+    except Exception as exc:  # MLflow raises MlflowException or OSError depending on the store
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FlowerExpError(
+            f"run {run_id}: artifact {artifact} cannot be read ({reason}); its artifacts may have been deleted: "
+            "rerun it or leave it out (--study, --top)"
+        ) from None
 
 
 def _check_export_writable(out: Path) -> None:
@@ -248,7 +280,7 @@ def _class_names(exp) -> list[str]:
 
 def _member_experiment(tracker, run_id: str, exp, tmp: str):
     """The member run's exact configuration (its config.yaml artifact) on this experiment's data."""
-    path = tracker.client.download_artifacts(run_id, "config.yaml", os.path.join(tmp, run_id))
+    path = _download(tracker, run_id, "config.yaml", os.path.join(tmp, run_id))
     data = read_yaml(Path(path))
     for key in ("data_dir", "classes"):
         data.pop(key, None)
@@ -265,7 +297,7 @@ def _export(tracker, out, chosen, model_runs, by_id, report, exp, study, method,
     members = []
     for run_id, weight in chosen.items():
         source_run = model_runs[run_id] or run_id
-        model_path = tracker.client.download_artifacts(source_run, "model/model.keras", os.path.join(tmp, "models", source_run))
+        model_path = _download(tracker, source_run, "model/model.keras", os.path.join(tmp, "models", source_run))
         c = by_id[run_id]
         members.append(
             ExportMember(

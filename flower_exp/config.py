@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import reprlib
 from collections.abc import Sequence
 from importlib import resources
@@ -507,7 +508,24 @@ def find_config(path: str | os.PathLike | None = None) -> Path:
     local = Path.cwd() / CONFIG_FILE
     if local.is_file():
         return local
+    if os.path.lexists(local):
+        # A dangling or looping symlink (or a folder) is the user's config gone wrong; falling
+        # back to the packaged demo config would silently sweep the wrong experiment.
+        what = f"a symlink to {os.readlink(local)} that cannot be followed" if local.is_symlink() else "not a file"
+        raise ConfigError(f"{local}: {what}; fix it, remove it, or pass --config PATH")
     return Path(str(resources.files("flower_exp") / "resources" / CONFIG_FILE))
+
+
+# Study names end up in shell commands, export folder names and MLflow filter strings.
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+STUDY_NAME_ALLOWED = "letters, digits, '.', '_' and '-', not starting with '.', at most 100 characters"
+
+
+def check_study_name(name: str, source: str = "--study") -> str:
+    """``name`` if it is a safe study name, else a one-line :class:`ConfigError` naming ``source``."""
+    if not STUDY_NAME.fullmatch(name):
+        raise ConfigError(f"{source} {name!r}: not a valid study name; allowed: {STUDY_NAME_ALLOWED}")
+    return name
 
 
 def project_dir(config_path: Path) -> Path:

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.client import HTTPException
@@ -263,6 +264,10 @@ def _member_file(real_root: str, rel: str, json_path: str) -> str:
 def _load_member_model(file: str) -> Any:
     from . import models
 
+    # Keras reports a truncated archive as "File not found", which sends users looking for the
+    # file instead of replacing it.
+    if not zipfile.is_zipfile(file):
+        raise FlowerExpError(f"{file}: not a readable .keras file (truncated or not a zip archive); export it again")
     try:
         return models.load_model(file)
     except FlowerExpError:

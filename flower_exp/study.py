@@ -37,6 +37,7 @@ from .config import (
     SamplerConfig,
     SweepConfig,
     apply_values,
+    check_study_name,
     find_config,
     load_experiment,
     load_sweep,
@@ -322,6 +323,26 @@ def suggest(trial: Any, params: dict[str, ParamSpec], fixed: dict[str, Any]) -> 
 # --------------------------------------------------------------------------- the sweep
 
 
+def _refuse_in_memory_storage(url: str) -> None:
+    """An in-memory SQLite study vanishes when the process exits (each worker gets its own)."""
+    if url.split("://", 1)[0].split("+", 1)[0] != "sqlite":
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # sqlalchemy raises several types for a malformed URL: open_storage reports it
+        return
+    if not database or database == ":memory:" or database.startswith("file::memory:") or "mode=memory" in url:
+        raise FlowerExpError(f"--storage {url}: an in-memory database is lost when the sweep exits; "
+                             "use a file (sqlite:///mlruns/optuna.db) or the default journal")
+
+
+def _default_study_name(experiment: str, sweep_path: Path) -> str:
+    return check_study_name(f"{experiment}-{sweep_path.stem}",
+                            f"study name of -e {experiment} -s {sweep_path.stem} (choose one with --study):")
+
+
 def run_sweep(
     *,
     experiment: str | None = None,
@@ -351,6 +372,12 @@ def run_sweep(
 
     if workers < 1:
         raise FlowerExpError(f"--workers {workers}: must be >= 1")
+    if timeout_min is not None and not 0 < timeout_min < math.inf:
+        raise FlowerExpError(f"--timeout {timeout_min:g}: must be a positive number of minutes")
+    if study_name is not None:
+        check_study_name(study_name)
+    if storage is not None:
+        _refuse_in_memory_storage(storage)
     config_path = find_config(config)
     sweep_path = find_sweep_file(sweep, config_path)
     sweep_cfg = load_sweep(sweep_path)
@@ -359,7 +386,7 @@ def run_sweep(
     total = trials if trials is not None else sweep_cfg.trials
     if total < 1:
         raise FlowerExpError(f"--trials {total}: must be >= 1")
-    name = study_name or f"{exp.name}-{sweep_path.stem}"
+    name = study_name or _default_study_name(exp.name, sweep_path)
     storage_url = storage or default_storage_url(config_path)
     # The storage first: a bad or unreachable one must fail before anything is written.
     on_stale = StaleTrialHandler(None, exp.name, sweep_cfg.heartbeat.max_retry)
@@ -824,6 +851,8 @@ def study_status(
     """Trials by state, best value and params, best and parent MLflow runs (no TensorFlow)."""
     import optuna
 
+    if study_name is not None:
+        check_study_name(study_name)
     config_path = find_config(config)
     storage_url = storage or default_storage_url(config_path)
     if storage is None and not Path(storage_url).exists():
@@ -833,7 +862,7 @@ def study_status(
     if study_name is None:
         exp = load_experiment(experiment, config_path)
         sweep_path = find_sweep_file(sweep, config_path)
-        study_name = f"{exp.name}-{sweep_path.stem}"
+        study_name = _default_study_name(exp.name, sweep_path)
     if study_name not in summaries:
         allowed = ", ".join(summaries) or "(none)"
         raise FlowerExpError(f"study {study_name!r}: not found in {redact(storage_url)}; studies there: {allowed}")

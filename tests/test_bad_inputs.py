@@ -71,6 +71,11 @@ SWEEP_CASES = {
     "unknown_pruner": (None, "pruner: {name: asha}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown pruner 'asha'"),
     "unknown_strategy": ({"strategy": "quantum"}, None, [], "strategy"),
     "unknown_experiment": (None, None, ["-e", "nope"], "experiments.nope: unknown experiment; allowed: tiny"),
+    "timeout_negative": (None, None, ["--timeout", "-5"], "--timeout -5: must be a positive number of minutes"),
+    "timeout_zero": (None, None, ["--timeout", "0"], "--timeout 0: must be a positive number of minutes"),
+    "storage_in_memory": (None, None, ["--storage", "sqlite://"], "--storage sqlite://: an in-memory database is lost"),
+    "study_name_with_quote": (None, None, ["--study", "bob's"], "--study \"bob's\": not a valid study name; allowed: letters"),
+    "study_name_traversal": (None, None, ["--study", "../../etc/x"], "--study '../../etc/x': not a valid study name"),
     "storage_bad_scheme": (None, None, ["--storage", "redis://bob:hunter2@127.0.0.1/0"], "unknown scheme 'redis'"),
     # Port 1 on loopback refuses at once; a dropping host is bounded by connect_timeout.
     "storage_unreachable": (None, None, ["--storage", "postgresql://bob:hunter2@127.0.0.1:1/optuna"],
@@ -242,7 +247,13 @@ def _lambda_member(doc: dict, folder: Path) -> None:
     keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x)).save(folder / doc["members"][0]["path"])
 
 
+def _truncated_member(doc: dict, folder: Path) -> None:
+    member = folder / doc["members"][0]["path"]
+    member.write_bytes(member.read_bytes()[: member.stat().st_size // 2])
+
+
 TAMPERED = {
+    "truncated_member": (_truncated_member, "not a readable .keras file (truncated or not a zip archive)"),
     "path_traversal": (lambda d, f: d["members"][0].update(path="../../outside.keras"), "leaves the export folder"),
     "absolute_path": (lambda d, f: d["members"][0].update(path="/etc/passwd"), "is absolute; it must be relative"),
     "unknown_top_key": (lambda d, f: d.update(colour="red"), "colour: Extra inputs are not permitted"),
@@ -495,3 +506,23 @@ def test_trial_with_invalid_configuration_is_not_counted_and_stops_the_sweep(tmp
     assert ATTR_CONFIG_ERROR in study.trials[0].user_attrs
     assert _count(study)["failed_counted"] == 0  # a rerun after the fix still runs all 3
     assert not (project / "mlruns").exists()  # no MLflow run was started
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:",
+                                 "sqlite:///file::memory:?cache=shared&uri=true"])
+def test_in_memory_sqlite_storage_is_refused(url):
+    from flower_exp.errors import FlowerExpError
+    from flower_exp.study import _refuse_in_memory_storage
+
+    with pytest.raises(FlowerExpError, match="an in-memory database is lost when the sweep exits"):
+        _refuse_in_memory_storage(url)
+    _refuse_in_memory_storage("sqlite:///mlruns/optuna.db")  # a file is fine
+
+
+def test_status_refuses_a_bad_study_name_before_reading_anything(tmp_path):
+    from flower_exp.errors import ConfigError
+    from flower_exp.study import study_status
+
+    with pytest.raises(ConfigError, match=r"^--study 'a/../b': not a valid study name; allowed: letters"):
+        study_status(study_name="a/../b", storage=str(tmp_path / "journal.log"))
+    assert list(tmp_path.iterdir()) == []

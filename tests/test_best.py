@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import urllib.parse
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import yaml
@@ -77,3 +81,46 @@ def test_best_logs_ensemble_refits_exports_and_predicts(trained, cli, tmp_path):
     assert_one_line_error(again, str(out), "--force")
     nothing = cli("predict", str(out), cwd=project)
     assert_one_line_error(nothing, "nothing to predict")
+
+
+def _artifact_dir(tracker, run_id: str) -> Path:
+    return Path(urllib.parse.urlparse(tracker.client.get_run(run_id).info.artifact_uri).path)
+
+
+@contextmanager
+def _hidden(folder: Path, tmp_path: Path):
+    """``folder`` moved away for the block (the module's trained runs are shared), then back."""
+    away = tmp_path / f"hidden-{folder.name}"
+    shutil.move(folder, away)
+    try:
+        yield
+    finally:
+        shutil.move(away, folder)
+
+
+def test_export_with_a_deleted_model_artifact_fails_the_ensemble_run(trained, tmp_path):
+    project, tracker = trained
+    best = select_runs(tracker, study=None, top=1)[0]
+    out = tmp_path / "export"
+    with _hidden(_artifact_dir(tracker, best.run_id) / "model", tmp_path), pytest.raises(FlowerExpError) as exc:
+        run_best(config=project / "experiments.yaml", top=1, method="mean", export=str(out), log=lambda m: None)
+    assert str(exc.value).startswith(f"run {best.run_id}: artifact model/model.keras cannot be read (")
+    assert "\n" not in str(exc.value) and not out.exists()
+    ensemble = tracker.client.search_runs([tracker.experiment_id], "tags.`flower_exp.kind` = 'ensemble'",
+                                          order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert ensemble.info.status == "FAILED" and ensemble.data.tags["flower_exp.state"] == "failed"
+
+
+def test_best_cli_user_errors_are_one_line(trained, cli):
+    project, tracker = trained
+    best = select_runs(tracker, study=None, top=1)[0]
+    with _hidden(_artifact_dir(tracker, best.run_id) / "val_probs.npz", project):
+        deleted = cli("best", "--top", "1", cwd=project)
+    # After the "selected: ..." progress line, before any ensemble run exists.
+    assert deleted.returncode == 2 and "Traceback" not in deleted.stderr, deleted.stderr
+    last = deleted.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: run {best.run_id}: artifact val_probs.npz cannot be read ("), last
+    assert_one_line_error(cli("best", "--study", "bob's", cwd=project), "--study \"bob's\": not a valid study name")
+    assert_one_line_error(cli("best", "--metric", "val macro", cwd=project),
+                          "no finished runs with metric best_val macro in experiment 'tiny'")
+    assert_one_line_error(cli("best", "--metric", "f1`) or (`x", cwd=project), "not a metric name; allowed:")

@@ -310,3 +310,46 @@ def test_yaml_merge_keys_may_override_and_small_aliases_pass():
 
     text = "base: &b {flip: true, brightness: 0.1}\nmine:\n  <<: *b\n  flip: false\nlist: [*b, *b]\n"
     assert load_yaml(text, "x.yaml")["mine"] == {"flip": False, "brightness": 0.1}
+
+
+# ----------------------------------------------------------------- study names, config symlinks
+
+
+@pytest.mark.parametrize("name", ["tiny-demo", "petals-seed_2", "a.b", "x" * 100, "-dash-first", "_"])
+def test_valid_study_names(name):
+    from flower_exp.config import check_study_name
+
+    assert check_study_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["bob's", "../../etc/passwd", "a/b", ".hidden", "", "x" * 101, "two words", "naïve",
+                                  "a\nb", 'q"uote', "$(id)"])
+def test_invalid_study_names_are_refused_naming_the_pattern(name):
+    from flower_exp.config import check_study_name
+
+    with pytest.raises(ConfigError) as exc:
+        check_study_name(name)
+    assert str(exc.value) == (f"--study {name!r}: not a valid study name; allowed: letters, digits, '.', '_' and '-', "
+                              "not starting with '.', at most 100 characters")
+
+
+def test_derived_study_name_is_checked_too(tmp_path):
+    from flower_exp.study import run_sweep
+
+    (tmp_path / "data").mkdir()
+    write_config(tmp_path, "experiments:\n  my exp: {data_dir: data, classes: [a, b]}\n")
+    with pytest.raises(ConfigError, match=r"study name of -e my exp -s demo \(choose one with --study\): 'my exp-demo': "
+                                          r"not a valid study name"):
+        run_sweep(config=tmp_path / "experiments.yaml", log=lambda m: None)
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_broken_experiments_yaml_symlink_is_an_error_not_the_packaged_config(cli, tmp_path, kind):
+    link = tmp_path / "experiments.yaml"
+    if kind == "dangling":
+        link.symlink_to(tmp_path / "moved-away.yaml")
+    else:
+        link.symlink_to(link)
+    result = cli("config", "show", cwd=tmp_path)
+    assert_one_line_error(result, f"{link}: a symlink to ", "that cannot be followed; fix it, remove it, or pass --config PATH")
