@@ -13,8 +13,10 @@ of the members' softmax outputs; TTA averages each image with its left-right fli
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import http.client
 import io
 import json
 import math
@@ -22,6 +24,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -46,6 +49,7 @@ MEMBERS_DIR = "members"
 URL_SCHEMES = ("http", "https")
 MAX_PIXELS = 40_000_000
 MAX_BYTES = 20 * 2**20
+_READ_CHUNK = 16384  # bytes per read of a download: the deadline is checked between reads
 WEIGHT_TOLERANCE = 1e-6
 # A run id becomes a file name (members/<run_id>.keras): letters, digits, '-', '_' and '.'.
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -378,36 +382,134 @@ def _download(url: str, timeout: float, max_bytes: int) -> bytes:
     from . import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"flower-exp/{__version__}", "Accept": "image/*"})
-    deadline = time.monotonic() + timeout
+    deadline = _Deadline(timeout)
     try:
-        with _opener().open(request, timeout=timeout) as response:
+        with deadline, _opener(deadline).open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.strip().isdigit() and int(length) > max_bytes:
                 raise FlowerExpError(f"{url}: {int(length)} bytes is above the limit of {max_bytes} bytes; not downloaded")
-            chunks, total = [], 0
-            while True:
-                chunk = response.read(min(65536, max_bytes + 1 - total))
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > max_bytes:
-                    raise FlowerExpError(f"{url}: body exceeds the limit of {max_bytes} bytes; download stopped")
-                if time.monotonic() > deadline:
-                    raise FlowerExpError(f"{url}: timed out after {timeout:g} s")
-                chunks.append(chunk)
-    except FlowerExpError:
-        raise
-    except urllib.error.HTTPError as exc:
-        raise FlowerExpError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, (TimeoutError, socket.timeout)):
+            data = _read_body(response, deadline, url, max_bytes)
+    except (OSError, HTTPException, ValueError) as exc:  # URLError and timeouts are OSErrors
+        if deadline.expired() or isinstance(exc, (TimeoutError, socket.timeout)) or (
+            isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (TimeoutError, socket.timeout))
+        ):
             raise FlowerExpError(f"{url}: timed out after {timeout:g} s") from None
-        raise FlowerExpError(f"{url}: cannot fetch ({exc.reason})") from None
-    except (TimeoutError, socket.timeout):
-        raise FlowerExpError(f"{url}: timed out after {timeout:g} s") from None
-    except (OSError, HTTPException, ValueError) as exc:
-        raise FlowerExpError(f"{url}: cannot fetch ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise _fetch_error(url, exc) from None
+    return data
+
+
+def _read_body(response: Any, deadline: _Deadline, url: str, max_bytes: int) -> bytes:
+    """The body in small reads (``read1``: whatever one recv brings), each allowed only the time
+    left, the size cap checked as it grows. A plain ``read(64 KiB)`` waits for 64 KiB: a server
+    dripping a byte a second would hold it for 18 hours, deadline unchecked."""
+    chunks, total = [], 0
+    while True:
+        deadline.before_read()
+        chunk = response.read1(min(_READ_CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise FlowerExpError(f"{url}: body exceeds the limit of {max_bytes} bytes; download stopped")
+        chunks.append(chunk)
+    if deadline.expired():  # the watchdog's shutdown reads as an early end of the body
+        raise TimeoutError
     return b"".join(chunks)
+
+
+def _fetch_error(url: str, exc: OSError | HTTPException | ValueError) -> FlowerExpError:
+    """One line for a failed download that is not a timeout."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return FlowerExpError(f"{url}: HTTP {exc.code} {exc.reason}")
+    if isinstance(exc, urllib.error.URLError):
+        return FlowerExpError(f"{url}: cannot fetch ({exc.reason})")
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return FlowerExpError(f"{url}: cannot fetch ({type(exc).__name__}: {detail})")
+
+
+class _Deadline:
+    """A download's total time limit, enforced on its socket. Each read may block only for the
+    time left, and a watchdog shuts the socket down when the time is up, so a server that drips
+    bytes (into the headers, which http.client reads in its own loop, or the body) cannot hold
+    the download past the limit: a socket timeout alone restarts with every byte."""
+
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._timer.cancel()
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def attach(self, sock: socket.socket) -> socket.socket:
+        """Watch ``sock`` (the raw one, then its TLS wrapper); returns it."""
+        self._sock = sock
+        if self.expired():
+            self._expire()
+        return sock
+
+    def before_read(self) -> None:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if self._sock is not None:
+            self._sock.settimeout(left)
+
+    def _expire(self) -> None:
+        if self._sock is not None:
+            # socket.socket's own shutdown: it wakes a blocked read, TLS or not.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Mixin for http.client connections: hands every socket they open to the download's deadline."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+        create = self._create_connection
+        self._create_connection = lambda *a, **k: deadline.attach(create(*a, **k))
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.attach(self.sock)  # after TLS wrapping, the socket reads go through
+
+
+class _WatchedHTTP(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineHandler:
+    """Mixin for urllib's HTTP(S) handlers: their connections are :class:`_Watched`."""
+
+    def __init__(self, deadline: _Deadline, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        watched = _WatchedHTTPS if issubclass(http_class, http.client.HTTPSConnection) else _WatchedHTTP
+        return super().do_open(functools.partial(watched, deadline=self._deadline), req, **kwargs)
+
+
+class _DeadlineHTTPHandler(_DeadlineHandler, urllib.request.HTTPHandler):
+    pass
+
+
+class _DeadlineHTTPSHandler(_DeadlineHandler, urllib.request.HTTPSHandler):
+    pass
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -428,14 +530,14 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
-def _opener() -> urllib.request.OpenerDirector:
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
     # Built by hand: build_opener() would also add file://, ftp:// and data: handlers.
     opener = urllib.request.OpenerDirector()
     for handler in (
         urllib.request.ProxyHandler(),
         urllib.request.UnknownHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
+        _DeadlineHTTPHandler(deadline),
+        _DeadlineHTTPSHandler(deadline),
         urllib.request.HTTPDefaultErrorHandler(),
         _HttpOnlyRedirects(),
         urllib.request.HTTPErrorProcessor(),
@@ -484,8 +586,9 @@ def predict_sources(
     return results
 
 
-def read_source(source: str, fetch: Callable[[str], bytes] = fetch_image) -> bytes:
-    """The bytes of a local file or an http(s) URL (other URL schemes are refused)."""
+def read_source(source: str, fetch: Callable[[str], bytes] = fetch_image, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a local file (at most ``max_bytes``, like a download) or an http(s) URL
+    (other URL schemes are refused)."""
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", source)
     if match:
         if match.group(1).lower() not in URL_SCHEMES:
@@ -497,10 +600,16 @@ def read_source(source: str, fetch: Callable[[str], bytes] = fetch_image) -> byt
     if not os.path.isfile(path):
         raise FlowerExpError(f"{source}: not a file")
     try:
+        size = os.stat(path).st_size
+        if size > max_bytes:
+            raise FlowerExpError(f"{source}: {size} bytes is above the limit of {max_bytes} bytes; not read")
         with open(path, "rb") as fh:
-            return fh.read()
+            data = fh.read(max_bytes + 1)  # the file may have grown since the stat
     except OSError as exc:
         raise FlowerExpError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise FlowerExpError(f"{source}: more than the limit of {max_bytes} bytes; not read")
+    return data
 
 
 def read_image(source: str, fetch: Callable[[str], bytes] = fetch_image, max_pixels: int = MAX_PIXELS) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import os
 import shutil
 import struct
 import zlib
@@ -181,6 +182,9 @@ def _local_file(folder: Path, name: str) -> str:
         path.write_text("this is text, not a JPEG")
     elif name == "bomb.png":
         path.write_bytes(png_bomb())
+    elif name == "sparse-3gb.jpg":
+        path.touch()
+        os.truncate(path, 3 * 2**30)  # costs no disk; must not be read into memory
     return str(path)
 
 
@@ -194,6 +198,7 @@ PREDICT_CASES = {
     "png_bomb_url": ("{server}/bomb.png", "refused as a decompression bomb"),
     "png_bomb_file": ("local:bomb.png", "refused as a decompression bomb"),
     "text_named_jpg": ("local:notes.jpg", "not an image (unrecognised format)"),
+    "local_file_over_size_cap": ("local:sparse-3gb.jpg", "3221225472 bytes is above the limit of 20971520 bytes; not read"),
     "text_url_named_jpg": ("{server}/text.jpg", "not an image"),
 }
 

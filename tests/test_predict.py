@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import struct
 import time
@@ -301,6 +302,15 @@ class _Handler(QuietHandler):
         elif path == "/slow":
             time.sleep(1.5)
             self.reply(200, self.image)
+        elif path == "/drip":  # headers at once, then the body a byte every 0.5 s
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.drip(b"x" * 60)
+        elif path == "/drip-headers":  # the status line, then a header a byte every 0.5 s
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            self.drip(b"X-Slow: " + b"a" * 52)
         elif path == "/to-file":
             self.reply(302, b"", "text/plain", location="file:///etc/passwd")
         elif path == "/to-flower":
@@ -311,6 +321,17 @@ class _Handler(QuietHandler):
             self.reply(200, png_header_only(100_000, 100_000), "image/png")
         else:
             self.reply(404, b"not found", "text/plain")
+
+
+    def drip(self, data: bytes) -> None:
+        """``data`` a byte every 0.5 s (30 s at most: a regressed client fails, it does not hang)."""
+        for byte in data:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:  # the client gave up, as it should
+                return
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -352,6 +373,27 @@ def test_fetch_timeout(server):
         fetch_image(f"{server}/slow", timeout=0.3)
     assert_one_line(exc, "/slow: timed out after 0.3 s")
     assert time.monotonic() - started < 1.2
+
+
+@pytest.mark.parametrize("path", ["/drip", "/drip-headers"])
+def test_fetch_from_a_dripping_server_stops_at_the_deadline(server, path):
+    """A byte every 0.5 s never trips a socket timeout; the total deadline must still hold."""
+    started = time.monotonic()
+    with pytest.raises(FlowerExpError) as exc:
+        fetch_image(f"{server}{path}", timeout=2.0)
+    assert_one_line(exc, f"{path}: timed out after 2 s")
+    assert time.monotonic() - started < 10  # liveness only (was: until the 1000-byte body or 64 KiB arrived)
+
+
+def test_local_file_over_the_size_cap_is_refused_before_reading(tmp_path):
+    from flower_exp.predictor import MAX_BYTES, read_source
+
+    sparse = tmp_path / "huge.jpg"
+    sparse.touch()
+    os.truncate(sparse, 3 * 2**30)  # 3 GB that cost no disk and must not be read into memory
+    with pytest.raises(FlowerExpError) as exc:
+        read_source(str(sparse))
+    assert_one_line(exc, f"{sparse}: 3221225472 bytes is above the limit of {MAX_BYTES} bytes; not read")
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x.jpg", "file:///etc/passwd", "data:image/png;base64,AAAA", "gopher://x"])
