@@ -35,12 +35,17 @@ def sweep(**kwargs):
     return run_sweep(**kwargs)
 
 
-def train(experiment: str | None = None, *, set: list[str] | None = None, config: str | None = None, **kwargs):
-    """Train one model from Python; ``set`` takes ``key=value`` overrides like ``--set``."""
+def train(experiment: str | None = None, *, set: list[str] | None = None, config: str | None = None,
+          budget_min: float | None = None, **kwargs):
+    """Train one model from Python; ``set`` takes ``key=value`` overrides like ``--set``;
+    ``budget_min`` ends training in time for the run to be over after that many minutes."""
+    from .budget import Deadline, check_minutes
     from .config import load_experiment
     from .train import run
 
-    return run(load_experiment(experiment, config, set or []), **kwargs)
+    budget_min = check_minutes(budget_min)
+    deadline = Deadline.in_minutes(budget_min) if budget_min is not None else None
+    return run(load_experiment(experiment, config, set or []), deadline=deadline, **kwargs)
 
 
 def best(**kwargs):

@@ -2,13 +2,16 @@
 
 Each command parses flags, loads the config and calls one function. TensorFlow (and other
 heavy libraries) are imported inside commands, so ``flower-exp --help`` starts instantly.
-User errors (:class:`FlowerExpError`) print one line and exit 2; Ctrl-C exits 130.
+User errors (:class:`FlowerExpError`) print one line and exit 2; Ctrl-C exits 130, and a sweep
+stopped by SIGTERM or SIGHUP exits 128 + the signal (143, 129).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -97,6 +100,30 @@ def _log(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/dim]")
 
 
+BudgetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Wall-clock budget (e.g. 90s, 30m, 1.5h; plain numbers are minutes): the command is over by then, "
+        "including the run training at that moment (it stops at an epoch boundary and keeps its best epoch).",
+    ),
+]
+
+
+def _budget_minutes(budget: Optional[str]) -> Optional[float]:
+    from .budget import parse_minutes
+
+    return None if budget is None else parse_minutes(budget)
+
+
+def _deadline(budget: Optional[str]):
+    """The deadline of a ``--budget`` option, counted from now (None without one)."""
+    if budget is None:
+        return None
+    from .budget import Deadline, parse_minutes
+
+    return Deadline.in_minutes(parse_minutes(budget))
+
+
 TrackingOpt = Annotated[
     Optional[str],
     typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)."),
@@ -122,8 +149,10 @@ def train_command(
     cpu_replicas: Annotated[
         int, typer.Option("--cpu-replicas", help="Split the CPU into N logical devices (to try strategy=mirrored without GPUs).")
     ] = 1,
+    budget: BudgetOpt = None,
 ) -> None:
     """Train one model and record params, per-epoch metrics and artifacts in MLflow."""
+    deadline = _deadline(budget)
     exp = _experiment(experiment, [*(set_ or []), *([f"strategy={strategy}"] if strategy else [])])
     if cpu_replicas > 1:
         from .strategy import split_cpu
@@ -144,6 +173,7 @@ def train_command(
             allow_leakage=allow_leakage,
             progress=lambda message: err.print(escape(message)),
             callbacks=bars,
+            deadline=deadline,
         )
     finally:
         for bar in bars:
@@ -180,6 +210,20 @@ def runs_command(
     out.print(table)
 
 
+@contextmanager
+def _stop_signal_exit_status() -> Iterator[None]:
+    """Typer exits 130 on any KeyboardInterrupt; a sweep stopped by SIGTERM or SIGHUP (its trials
+    and runs marked by then) exits 128 + the signal, as a shell reports a death by it."""
+    from .study import exit_status
+
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        status = exit_status(exc)
+        err.print("interrupted" if status == 130 else f"interrupted ({exc})")
+        raise typer.Exit(status) from None
+
+
 @app.command("sweep")
 def sweep_command(
     experiment: ExperimentOpt = None,
@@ -198,21 +242,26 @@ def sweep_command(
     force: Annotated[bool, typer.Option("--force", help="With --new: delete an existing study of that name first.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: the sweep file's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per trial instead of per epoch.")] = False,
+    budget: BudgetOpt = None,
 ) -> None:
     """Run (or resume) an Optuna sweep; every trial is an MLflow child run of one parent run."""
     from contextlib import nullcontext
 
-    from .progress import SweepDisplay
+    from .progress import QuietProgress, SweepDisplay
     from .study import run_sweep
 
     live = err.is_terminal and workers == 1
     display = SweepDisplay(err, trials) if live else None
-    with display if display is not None else nullcontext():
+    events = display
+    if not live and quiet and workers == 1:
+        events = QuietProgress(lambda line: err.print(escape(line)))
+    with _stop_signal_exit_status(), display if display is not None else nullcontext():
         result = run_sweep(
             experiment=experiment,
             sweep=sweep,
             trials=trials,
             timeout_min=timeout,
+            budget_min=_budget_minutes(budget),
             workers=workers,
             study_name=study,
             storage=storage,
@@ -223,7 +272,7 @@ def sweep_command(
             config=state.config,
             quiet=quiet,
             log=lambda message: err.print(escape(message)),
-            on_event=display,
+            on_event=events,
         )
     counts = result.counts
     out.print(

@@ -84,10 +84,44 @@ class SweepDisplay:
         if kind == "trial_start":
             self.current = f"trial {event['number']} starting"
         elif kind == "epoch":
-            self.current = f"trial {event['number']} epoch {event['epoch']}/{event['epochs']} ({event['value']:.3f})"
+            self.current = epoch_status(event)
         elif kind == "trial_end":
             self.best = event["best"] if event["best"] is not None else self.best
             self.current = ""
             self.bar.update(self.task, completed=event["done"], total=event["total"])
         best = "-" if self.best is None else f"{self.best:.4f}"
         self.bar.update(self.task, status=f"best {best}  {self.current}")
+
+
+def epoch_status(event: dict, study_best: float | None = None) -> str:
+    """``trial 3 epoch 5/15 (0.712, trial best 0.731)`` plus the study's best and the budget
+    when known: the running trial's state in one line."""
+    text = (f"trial {event['number']} epoch {event['epoch']}/{event['epochs']} "
+            f"({event['value']:.3f}, trial best {event.get('trial_best', event['value']):.3f})")
+    if study_best is not None:
+        text += f"  study best {study_best:.4f}"
+    if "budget_left_s" in event:
+        from .budget import fmt_s
+
+        text += f"  budget {fmt_s(event['budget_used_s'])} used, {fmt_s(max(0.0, event['budget_left_s']))} left"
+    return text
+
+
+class QuietProgress:
+    """The live line of ``sweep --quiet`` where no terminal redraws one (a log file, a batch
+    job): the running trial's state, printed at most every ``every_s`` seconds, so a long trial
+    still shows it is alive without a line per epoch."""
+
+    def __init__(self, print_line, every_s: float = 60.0):
+        import time
+
+        self._print, self.every_s, self._clock = print_line, every_s, time.monotonic
+        self._last = -float("inf")
+        self.best: float | None = None
+
+    def __call__(self, event: dict) -> None:
+        if event["kind"] == "trial_end":
+            self.best = event["best"] if event["best"] is not None else self.best
+        elif event["kind"] == "epoch" and self._clock() - self._last >= self.every_s:
+            self._last = self._clock()
+            self._print(epoch_status(event, self.best))

@@ -44,6 +44,7 @@ from .config import (
     project_dir,
     resolve,
 )
+from .budget import Deadline, check_minutes
 from .errors import ConfigError, DataError, FlowerExpError
 from .tracking import TAG_ERROR, TAG_KIND, TAG_PREFIX, TAG_STATE, RecordingFailed, Tracker, TrackingTarget, default_target, redact
 
@@ -55,6 +56,7 @@ ATTR_RUN = "mlflow_run_id"
 ATTR_FAIL = "fail_reason"
 ATTR_ENQUEUED = "flower_exp_enqueued"
 ATTR_RETRY_OF = "retry_of_trial"
+ATTR_STOPPED_BY = "stopped_by"
 # A trial whose result could not be recorded (tracking server down, disk full): FAILED but not
 # counted against the budget, and queued again with the same params.
 ATTR_NOT_RECORDED = "recording_error"
@@ -85,6 +87,7 @@ class SweepSpec:
     deadline: float | None  # time.time() after which no trial starts
     worker: int = 0
     quiet: bool = False
+    budget: Deadline | None = None  # the sweep is over by then, the running trial included
 
 
 @dataclass
@@ -271,23 +274,73 @@ class StaleTrialHandler:
 
 
 def make_sampler(cfg: SamplerConfig, params: dict[str, ParamSpec], seed: int | None = None) -> Any:
-    """The Optuna sampler of a sweep (``seed`` overrides the file's)."""
+    """The Optuna sampler of a sweep (``seed`` overrides the file's).
+
+    Seeded, a random or TPE trial's draws come from (seed, trial number), not from a sequence
+    that every process starts afresh: a resumed study or another worker would otherwise replay
+    the draws of trials already run, while the same seed still gives the same params per trial
+    number."""
     import optuna
 
     seed = cfg.seed if seed is None else seed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if cfg.name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if cfg.name == "grid":
-            return optuna.samplers.GridSampler({name: list(p.choices or []) for name, p in params.items()}, seed=seed)
-        return optuna.samplers.TPESampler(
-            seed=seed,
-            multivariate=cfg.multivariate,
-            group=cfg.group and cfg.multivariate,
-            n_startup_trials=cfg.n_startup_trials,
-            constant_liar=True,  # parallel workers: don't all propose the same point
-        )
+    if cfg.name == "grid":
+        # Resumes without replays as it is: it takes grid points the study has not visited. Its
+        # seed shuffles the grid, so it must be one for every trial and process.
+        return optuna.samplers.GridSampler({name: list(p.choices or []) for name, p in params.items()}, seed=seed)
+
+    def build(trial_seed: int | None) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if cfg.name == "random":
+                return optuna.samplers.RandomSampler(seed=trial_seed)
+            return optuna.samplers.TPESampler(
+                seed=trial_seed,
+                multivariate=cfg.multivariate,
+                group=cfg.group and cfg.multivariate,
+                n_startup_trials=cfg.n_startup_trials,
+                constant_liar=True,  # parallel workers: don't all propose the same point
+            )
+
+    return build(None) if seed is None else _per_trial_seed_sampler()(build, seed)
+
+
+def _trial_seed(seed: int, number: int) -> int:
+    """A 32-bit seed (what NumPy's RandomState takes) for trial ``number`` of a sweep seeded ``seed``."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "big")
+
+
+def _per_trial_seed_sampler():
+    """A sampler that, before each trial, builds its Optuna sampler afresh seeded for that trial
+    number (:func:`_trial_seed`) and delegates to it. Rebuilding uses only public constructors,
+    where reseeding would reach into each sampler's private random states (TPE has two); what
+    TPE and grid keep between trials is derived from the study again."""
+    from optuna.samplers import BaseSampler
+
+    class PerTrialSeedSampler(BaseSampler):
+        def __init__(self, build: Callable[[int], Any], seed: int):
+            self._build, self._seed = build, seed
+            # Optuna asks a sampler nothing about a trial before before_trial; this answers if it ever does.
+            self._sampler = build(seed)
+
+        def before_trial(self, study, trial) -> None:
+            self._sampler = self._build(_trial_seed(self._seed, trial.number))
+            self._sampler.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._sampler.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._sampler.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._sampler.after_trial(study, trial, state, values)
+
+    return PerTrialSeedSampler
 
 
 def make_pruner(cfg: PrunerConfig, epochs: int) -> Any:
@@ -349,6 +402,7 @@ def run_sweep(
     sweep: str | None = None,
     trials: int | None = None,
     timeout_min: float | None = None,
+    budget_min: float | None = None,
     workers: int = 1,
     study_name: str | None = None,
     storage: str | None = None,
@@ -365,10 +419,15 @@ def run_sweep(
 
     Rerunning with the same arguments resumes: finished trials are kept, the MLflow parent
     run is reused and ``trials`` counts the total. ``new=True`` refuses to replace an existing
-    study unless ``force=True``. ``on_event`` receives progress events of in-process trials
-    (``trial_start``, ``epoch``, ``trial_end``) for a live display; ``log`` gets text lines.
+    study unless ``force=True``. ``timeout_min``: no trial starts after that many minutes;
+    ``budget_min``: the sweep is over by then, the running trial stopped at an epoch boundary
+    (kept as PRUNED with ``stopped_by: budget``, its best epoch saved). ``on_event`` receives
+    progress events of in-process trials (``trial_start``, ``epoch``, ``trial_end``) for a live
+    display; ``log`` gets text lines.
     """
     import optuna
+
+    budget = Deadline.in_minutes(check_minutes(budget_min)) if budget_min is not None else None
 
     if workers < 1:
         raise FlowerExpError(f"--workers {workers}: must be >= 1")
@@ -441,6 +500,7 @@ def run_sweep(
         total_trials=total,
         deadline=time.time() + 60 * (timeout_min or sweep_cfg.timeout_min) if (timeout_min or sweep_cfg.timeout_min) else None,
         quiet=quiet,
+        budget=budget,
     )
     with interrupt_once():
         try:
@@ -496,7 +556,7 @@ def run_worker(
         study = optuna.load_study(
             study_name=spec.study_name,
             storage=store,
-            sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params, None if sweep_cfg.sampler.seed is None else sweep_cfg.sampler.seed + spec.worker),
+            sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params),  # seeded per trial: no per-worker offset needed
             pruner=make_pruner(sweep_cfg.pruner, epochs),
         )
     prefix = f"[worker {spec.worker}] " if spec.worker else ""
@@ -518,6 +578,9 @@ def _worker_loop(
             optuna.storages.fail_stale_trials(study)
         if spec.deadline is not None and time.time() >= spec.deadline:
             log(prefix + "timeout reached: no new trials")
+            return
+        if spec.budget is not None and spec.budget.left_s() < objective.shortest_trial_s:
+            log(prefix + f"budget spent ({spec.budget.describe()}): no new trials")
             return
         counts = _count(study)
         if counts["waiting"] == 0 and counts["finished"] + counts["running"] + counts["failed_counted"] >= spec.total_trials:
@@ -541,29 +604,55 @@ def _worker_loop(
             )
 
 
+# Signals that stop a sweep as Ctrl-C does: SIGTERM is what timeout, Slurm, Kubernetes and a
+# shutting-down VM send, SIGHUP what a closed terminal sends.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A sweep stopped by one of :data:`STOP_SIGNALS`; a KeyboardInterrupt, so that everything
+    that marks an interrupted trial or run on Ctrl-C does so for all of them. Processes exit
+    with ``128 + signum``, the shell's status for a death by that signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a process stopped by ``exc`` (a plain KeyboardInterrupt is SIGINT's)."""
+    return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
 @contextmanager
 def interrupt_once() -> Iterator[None]:
-    """Ctrl-C stops the sweep (KeyboardInterrupt); further Ctrl-Cs while the interrupted trial,
-    its MLflow run and the parent run are being marked are ignored, so an impatient second
-    press cannot leave them half-written. A SIGINT the caller ignores (``nohup``, ``&``)
-    stays ignored; the previous handler is restored on exit."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    """Ctrl-C, SIGTERM or SIGHUP stops the sweep (:class:`Interrupted`); further ones while the
+    interrupted trial, its MLflow run and the parent run are being marked are ignored, so an
+    impatient second press cannot leave them half-written. A signal the caller ignores
+    (``nohup``: SIGHUP, ``&``: SIGINT) stays ignored; previous handlers are restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    defaults = {signal.SIGINT: signal.default_int_handler}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    ours = [sig for sig, handler in previous.items() if handler is defaults.get(sig, signal.SIG_DFL)]
 
     def again(_signum, _frame) -> None:
         # A signal handler must not print(): it may interrupt a print of the main thread.
         os.write(2, b"still stopping: marking the interrupted trial and runs\n")
 
-    def first(_signum, _frame) -> None:
-        signal.signal(signal.SIGINT, again)
-        raise KeyboardInterrupt
+    def first(signum, _frame) -> None:
+        for sig in ours:
+            signal.signal(sig, again)
+        raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, first)
+    for sig in ours:
+        signal.signal(sig, first)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in ours:
+            signal.signal(sig, previous[sig])
 
 
 class _Objective:
@@ -571,6 +660,14 @@ class _Objective:
         self.spec, self.exp, self.sweep_cfg, self.tracker, self.log, self.emit = spec, exp, sweep_cfg, tracker, log, emit
         self.consecutive_failures = 0
         self.stop: FlowerExpError | None = None
+        # Measured on this worker's trials, for the budget: the longest time from the end of
+        # training to the end of a run, and the longest a trial took to reach the epoch at
+        # which the pruner first judges it, plus that finishing time. With less than that left
+        # no trial starts: one that cannot get that far would only add noise to the study.
+        self.finish_reserve_s: float | None = None
+        self.shortest_trial_s = 0.0
+        self.judged_at_epoch = max(1, sweep_cfg.pruner.min_resource if sweep_cfg.pruner.name == "hyperband"
+                                   else sweep_cfg.pruner.n_warmup_steps + 1 if sweep_cfg.pruner.name == "median" else 1)
 
     def __call__(self, trial) -> float:
         try:
@@ -638,9 +735,19 @@ class _Objective:
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         self.log(f"trial {trial.number}: {shown}")
         self.emit({"kind": "trial_start", "number": trial.number, "epochs": cfg.epochs})
+        started = time.time()
+        judged_s: list[float] = []  # seconds from the start to the pruner's first judgement
+        trial_best = [-math.inf]
 
         def report(epoch: int, value: float) -> None:
-            self.emit({"kind": "epoch", "number": trial.number, "epoch": epoch, "epochs": cfg.epochs, "value": value})
+            if epoch == min(self.judged_at_epoch, cfg.epochs):
+                judged_s.append(time.time() - started)
+            trial_best[0] = max(trial_best[0], value)
+            event = {"kind": "epoch", "number": trial.number, "epoch": epoch, "epochs": cfg.epochs, "value": value,
+                     "trial_best": trial_best[0]}
+            if self.spec.budget is not None:
+                event.update(budget_used_s=self.spec.budget.used_s(), budget_left_s=self.spec.budget.left_s())
+            self.emit(event)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise Pruned(epoch, value)
@@ -657,20 +764,31 @@ class _Objective:
             pruning_hook=report,
             progress=None if self.spec.quiet else (lambda m: self.log(f"trial {trial.number}: {m}")),
             on_run_start=on_run,
+            deadline=self.spec.budget,
+            finish_reserve_s=self.finish_reserve_s,
         )
         self.consecutive_failures = 0
+        self._measured(result.finish_s, judged_s)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("epochs_run", result.epochs_run)
+        if result.state == "stopped":
+            # Cut short by the budget, not by its own merit: PRUNED tells the sampler its
+            # score is from fewer epochs than a full trial's; the run keeps its best epoch.
+            trial.set_user_attr(ATTR_STOPPED_BY, "budget")
+            raise optuna.TrialPruned(f"stopped by the budget at epoch {result.epochs_run}")
         if result.state == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
         return result.best_val_macro_f1
 
+    def _measured(self, finish_s: float | None, judged_s: list[float]) -> None:
+        if finish_s is not None:
+            self.finish_reserve_s = max(self.finish_reserve_s or 0.0, finish_s)
+        if judged_s:
+            self.shortest_trial_s = max(self.shortest_trial_s, judged_s[0] + (self.finish_reserve_s or 0.0))
+
     def after_trial(self, study, trial) -> None:
         """Log the study's best value so far on the parent run (step = trial number)."""
-        try:
-            best = study.best_value
-        except ValueError:
-            best = None
+        best = best_score(study)
         self.log(trial_line(trial, best))
         counts = _count(study)
         self.emit({"kind": "trial_end", "number": trial.number, "state": trial.state.name.lower(), "value": trial.value, "best": best,
@@ -698,21 +816,23 @@ def _run_processes(spec: SweepSpec, workers: int, log: Callable[[str], None]) ->
     try:
         for proc in procs:
             proc.join()
-    except KeyboardInterrupt:
-        # A terminal's Ctrl-C reached the workers too (one process group) and they are marking
-        # their trials; a SIGINT sent to this process alone did not: pass it on (a worker
-        # ignores a second one).
+    except KeyboardInterrupt as exc:
+        # A terminal's Ctrl-C (or a SIGTERM to the whole group) reached the workers too and they
+        # are marking their trials; a signal sent to this process alone did not: pass it on (a
+        # worker ignores a second one).
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:
                 try:
-                    os.kill(proc.pid, signal.SIGINT)
+                    os.kill(proc.pid, getattr(exc, "signum", signal.SIGINT))
                 except ProcessLookupError:
                     pass
         deadline = time.time() + 30
         for proc in procs:
             proc.join(max(0.1, deadline - time.time()))
             if proc.is_alive():
-                proc.terminate()
+                # SIGTERM would be ignored as a second stop signal; the next sweep fails its
+                # trial through the heartbeat.
+                proc.kill()
         raise
     failed = [p for p in procs if p.exitcode not in (0, None)]
     if failed:
@@ -722,13 +842,30 @@ def _run_processes(spec: SweepSpec, workers: int, log: Callable[[str], None]) ->
 def _worker_main(spec: SweepSpec) -> None:
     import sys
 
+    _stop_when_parent_exits()
     try:
         run_worker(spec, log=lambda m: print(m, flush=True))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(exit_status(exc))
     except FlowerExpError as exc:
         print(f"[worker {spec.worker}] error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _stop_when_parent_exits() -> None:
+    """A worker whose sweep process is gone, even SIGKILLed, stops as on SIGTERM (its trial and
+    run marked) instead of starting trials nobody waits for. A daemon thread waits on the spawn
+    pipe from the parent, whose end the kernel closes when the parent exits."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()
+        # The signal handler raises in the main thread, where the trial runs.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="flower-exp-parent-watch", daemon=True).start()
 
 
 # --------------------------------------------------------------------------- MLflow parent run
@@ -781,12 +918,12 @@ def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callab
 
     counts = _count(study)
     metrics = {f"trials_{k}": v for k, v in counts.items() if k != "failed_counted"}
-    try:
-        metrics["best_val_macro_f1_final"] = study.best_value
-        tracker.set_tags(parent, {TAG_PREFIX + "best_trial": str(study.best_trial.number),
-                                  TAG_PREFIX + "best_run_id": str(study.best_trial.user_attrs.get(ATTR_RUN, ""))})
-    except ValueError:
-        pass
+    scored = scored_trials(study)
+    if scored:
+        value, trial = scored[0]
+        metrics["best_val_macro_f1_final"] = value
+        tracker.set_tags(parent, {TAG_PREFIX + "best_trial": str(trial.number),
+                                  TAG_PREFIX + "best_run_id": str(trial.user_attrs.get(ATTR_RUN, ""))})
     tracker.log_metrics(parent, metrics)
     with tempfile.TemporaryDirectory(prefix="flower-exp-sweep-") as tmp:
         try:
@@ -806,11 +943,19 @@ def trial_line(trial: Any, best: float | None) -> str:
     """The sweep's one-line summary of a finished trial (an Optuna ``FrozenTrial``)."""
     state = trial.state.name.lower()
     value = f" {trial.value:.4f}" if trial.value is not None else ""
-    if state == "pruned":
+    if state == "pruned" and trial.user_attrs.get(ATTR_STOPPED_BY) == "budget":
+        state = "stopped by the budget"
+        value = f" at epoch {trial.user_attrs.get('epochs_run', '?')}, best val_macro_f1 {_trial_best(trial):.4f}"
+    elif state == "pruned":
         # Optuna's value of a pruned trial is its last report, not the run's best epoch.
         last = f", last val_macro_f1{value}" if value else ""
         value = f" at epoch {trial.user_attrs.get('epochs_run', '?')}{last}"
     return f"trial {trial.number} {state}{value}; best so far {'-' if best is None else f'{best:.4f}'}"
+
+
+def _trial_best(trial: Any) -> float:
+    """The best epoch score a trial reported (a pruned trial's value is its last report)."""
+    return max(trial.intermediate_values.values(), default=float("nan"))
 
 
 def _count(study) -> dict[str, int]:
@@ -831,16 +976,34 @@ def _count(study) -> dict[str, int]:
     return counts
 
 
-def top_trials(study, n: int) -> list[dict[str, Any]]:
-    """The ``n`` best COMPLETE trials, best first."""
+def scored_trials(study) -> list[tuple[float, Any]]:
+    """(score, trial) of every trial that produced a model worth using, best first: COMPLETE
+    trials by their value, and trials the budget stopped by their best epoch (Optuna keeps
+    them PRUNED, whose value would be the last epoch's)."""
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    done.sort(key=lambda t: t.value, reverse=True)
+    scored = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            scored.append((t.value, t))
+        elif t.user_attrs.get(ATTR_STOPPED_BY) == "budget" and t.intermediate_values:
+            scored.append((_trial_best(t), t))
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    return scored
+
+
+def best_score(study) -> float | None:
+    """The study's best score (see :func:`scored_trials`); None before any."""
+    scored = scored_trials(study)
+    return scored[0][0] if scored else None
+
+
+def top_trials(study, n: int) -> list[dict[str, Any]]:
+    """The ``n`` best trials of :func:`scored_trials`, best first."""
     return [
-        {"number": t.number, "value": t.value, "params": dict(t.params), "run_id": t.user_attrs.get(ATTR_RUN, ""),
-         "best_epoch": t.user_attrs.get("best_epoch")}
-        for t in done[:n]
+        {"number": t.number, "value": value, "params": dict(t.params), "run_id": t.user_attrs.get(ATTR_RUN, ""),
+         "best_epoch": t.user_attrs.get("best_epoch"), "stopped_by": t.user_attrs.get(ATTR_STOPPED_BY)}
+        for value, t in scored_trials(study)[:n]
     ]
 
 
@@ -873,7 +1036,7 @@ def study_status(
         "study": study_name,
         "storage": redact(storage_url),
         "counts": counts,
-        "best": top_trials(study, 1)[0] if counts["complete"] else None,
+        "best": next(iter(top_trials(study, 1)), None),
         "parent_run_id": study.user_attrs.get(ATTR_PARENT),
     }
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .budget import Deadline
 from .config import ExperimentConfig, ResolvedExperiment, project_dir
 from .errors import FlowerExpError
 from .memory_estimate import check_memory, out_of_memory
@@ -72,7 +73,7 @@ class RunResult:
     """What one run produced."""
 
     run_id: str | None
-    state: str  # finished | pruned
+    state: str  # finished | pruned | stopped (by the budget's deadline)
     best_val_macro_f1: float
     best_epoch: int  # 1-based
     epochs_run: int
@@ -80,6 +81,9 @@ class RunResult:
     val_ids: np.ndarray | None = None
     val_labels: np.ndarray | None = None
     val_probs: np.ndarray | None = None
+    # Seconds from the end of training to the end of the run (scoring, artifacts, MLflow):
+    # the reserve a budgeted sweep keeps for the next run.
+    finish_s: float | None = None
 
 
 def schedule_for(cfg: ExperimentConfig) -> LRSchedule:
@@ -110,11 +114,14 @@ def run(
     progress: Callable[[str], None] | None = print,
     callbacks: list[Any] | None = None,
     on_run_start: Callable[[str], None] | None = None,
+    deadline: Deadline | None = None,
+    finish_reserve_s: float | None = None,
 ) -> RunResult:
     """Train ``exp`` once and log it to MLflow (``tracker``, else the project's default store).
 
-    The run ends FINISHED (``flower_exp.state`` finished or pruned), FAILED with the error
-    as a tag (e.g. a NaN loss), or KILLED on Ctrl-C; a failed run never logs a model.
+    The run ends FINISHED (``flower_exp.state`` finished, pruned, or stopped when ``deadline``
+    left no time for another epoch plus ``finish_reserve_s`` of finishing work), FAILED with
+    the error as a tag (e.g. a NaN loss), or KILLED on Ctrl-C; a failed run never logs a model.
     """
     from .data import pipeline
     from .data.dataset import open_data
@@ -145,8 +152,12 @@ def run(
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
+        stop = _StopAtDeadline(deadline, finish_reserve_s) if deadline is not None else None
         with pipeline.shard_errors_named(train_files, val_files, num_classes=len(data.class_names)), _freeing_run_memory():
-            return _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, callbacks or [])
+            result, fit_end = _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say,
+                                     [*(callbacks or []), *([stop] if stop else [])], stop)
+    result.finish_s = time.time() - fit_end
+    return result
 
 
 def refit(
@@ -204,7 +215,8 @@ def refit(
         return run_id
 
 
-def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks) -> RunResult:
+def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks, stop) -> tuple[RunResult, float]:
+    """The run's body; returns its result and the ``time.time()`` at which training ended."""
     from ._imports import tensorflow
     from .data import pipeline
 
@@ -261,6 +273,7 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         pruned = exc
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise out_of_memory(cfg, exc) from None
+    fit_end = time.time()
     best.restore_best(model)
 
     # --- evaluate and log
@@ -277,13 +290,20 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     }
     if pruned is not None:
         summary["pruned_at_epoch"] = pruned.epoch
+    stopped = pruned is None and stop is not None and stop.stopped
+    if stopped:
+        summary["stopped_at_epoch"] = len(logger.history)
     tracker.log_metrics(run_id, summary)
     _save_artifacts(
         tracker, run_id, network, exp, schedule, acc.replicas, logger.history, val_ids, val_labels, val_probs, data.class_names
     )
-    state = "pruned" if pruned is not None else "finished"
-    tracker.set_tags(run_id, {TAG_STATE: state})
-    say(f"best val_macro_f1 {best.best_f1:.4f} at epoch {best_epoch} ({state}); MLflow run {run_id}")
+    state = "pruned" if pruned is not None else "stopped" if stopped else "finished"
+    tags = {TAG_STATE: state}
+    if stopped:
+        tags[TAG_PREFIX + "stopped_by"] = "budget"
+    tracker.set_tags(run_id, tags)
+    shown = f"stopped by the budget after epoch {len(logger.history)}" if stopped else state
+    say(f"best val_macro_f1 {best.best_f1:.4f} at epoch {best_epoch} ({shown}); MLflow run {run_id}")
     result = RunResult(
         run_id=run_id,
         state=state,
@@ -295,7 +315,7 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         val_labels=val_labels,
         val_probs=val_probs,
     )
-    return result
+    return result, fit_end
 
 
 class _KerasRetracingFilter(logging.Filter):
@@ -594,6 +614,36 @@ class _BestEpoch(callback_base()):
     def restore_best(self, model) -> None:
         if self._best_weights is not None:
             model.set_weights(self._best_weights)
+
+
+class _StopAtDeadline(callback_base()):
+    """Ends training at the last epoch boundary that leaves time for one more epoch's worth
+    of margin plus the finishing work (restore, score, save, log) before the deadline.
+
+    An epoch is timed whole (training and validation pass); the next one is assumed to take as
+    long as the slowest of the last two (the first epoch includes tracing, so it is
+    pessimistic only until a second one exists). Without a measured reserve, finishing is
+    assumed to take half an epoch (a prediction pass over validation plus saving) and 10 s."""
+
+    def __init__(self, deadline: Deadline, finish_reserve_s: float | None):
+        super().__init__()
+        self.deadline, self.finish_reserve_s = deadline, finish_reserve_s
+        self.stopped = False
+        self._times: list[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._times.append(time.time() - self._start)
+        if epoch + 1 >= (self.params or {}).get("epochs", math.inf):
+            return  # the last epoch anyway: not a stop
+        next_epoch = max(self._times[-2:])
+        reserve = self.finish_reserve_s if self.finish_reserve_s is not None else 0.5 * next_epoch + 10.0
+        if self.deadline.left_s() < next_epoch + reserve:
+            self.stopped = True
+            self.model.stop_training = True
 
 
 class _Logger(callback_base()):
