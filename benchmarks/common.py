@@ -206,3 +206,29 @@ def demo_data(sizes, per_class: int, classes: int = 6, shards: int = 4) -> str:
 def log(msg: str) -> None:
     """Progress line on stderr (stdout carries the summary)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def write_json_atomic(path, data) -> Path:
+    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and a
+    rename, so an interrupted write never leaves a half file that a resumed run would trust."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def code_version() -> str:
+    """``git describe --always --dirty --tags`` of the repository ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
