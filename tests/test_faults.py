@@ -1,7 +1,9 @@
-"""Fault injection on real sweep processes: Ctrl-C (once and twice, one process and two workers),
-SIGKILL of one of two workers (journal file and PostgreSQL), a NaN trial inside a sweep, and a
-smoke run of the soak script (scripts/soak.py). A SIGKILLed single-worker sweep resumed by a
-rerun is tests/test_sweep_distributed.py::test_sigkilled_trial_is_failed_and_retried_on_rerun."""
+"""Fault injection on real sweep processes: Ctrl-C and SIGTERM (one process, two workers, the
+signal sent to the parent alone), a SIGKILLed parent of two workers, SIGKILL of one of two
+workers (journal file and PostgreSQL), a NaN trial inside a sweep, resuming without replaying
+the sampler's draws, and a smoke run of the soak script (scripts/soak.py). A SIGKILLed
+single-worker sweep resumed by a rerun is
+tests/test_sweep_distributed.py::test_sigkilled_trial_is_failed_and_retried_on_rerun."""
 
 from __future__ import annotations
 
@@ -12,12 +14,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flower_exp.study import ATTR_FAIL, ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
+from flower_exp.config import ParamSpec, SamplerConfig
+from flower_exp.study import (
+    ATTR_FAIL,
+    ATTR_PARENT,
+    ATTR_RETRY_OF,
+    ATTR_RUN,
+    STOP_SIGNALS,
+    Interrupted,
+    exit_status,
+    interrupt_once,
+    make_sampler,
+    suggest,
+)
 from flower_exp.tracking import TAG_ERROR, TAG_KIND, TAG_STATE
 from projects import TINY
 from test_sweep_distributed import STUDY, _journal_study, _local_client, _runs, _start, _stop
@@ -113,33 +128,60 @@ def _check_interrupted(project: Path, numbers: set[int]) -> None:
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-@pytest.mark.slow
-def test_ctrl_c_twice_during_a_trial_exits_130_marks_it_and_the_rerun_completes(cli, tmp_path, demo_root):
-    project = _project(tmp_path, demo_root, _sweep(LONG_EPOCHS))
+def _stop_one_worker_mid_trial_then_rerun(cli, project: Path, send: Callable[[int], None], status: int) -> None:
+    """``send(pid)`` stops a one-worker sweep mid-trial: exit ``status`` without a traceback,
+    the trial FAIL, its run and the parent KILLED; the rerun completes, its trial not a
+    heartbeat retry (the stopped one was marked at once, nothing waited out the grace)."""
     args = ("sweep", "-s", "tiny", "--trials", "1")
     proc, out, err = _start(project, *args, log="interrupted")
     try:
         _wait_for(rf"^trial 0: epoch 1/{LONG_EPOCHS}", err, proc=proc)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
-        time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGINT)  # an impatient second press
-        assert _wait_exit(proc) == 130, err.read_text()[-3000:]
+        send(proc.pid)
+        assert _wait_exit(proc) == status, err.read_text()[-3000:]
     finally:
         _stop(proc)
     assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
     _check_interrupted(project, {0})
 
+    # A short rerun: only that it completes matters.
+    (project / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump(_sweep(2), sort_keys=False))
     result = cli(*args, cwd=project, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming study" in result.stderr
+    assert "resuming study" in result.stderr and "running elsewhere" not in result.stderr
     study = _journal_study(project)
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    assert states == ["FAIL", "COMPLETE"], states
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert ATTR_RETRY_OF not in trials[1].user_attrs
     client = _local_client(project)
     parent = client.get_run(study.user_attrs[ATTR_PARENT])
     assert parent.info.status == "FINISHED" and parent.data.tags[TAG_STATE] == "finished"
     children = [r for r in _runs(client) if r.data.tags.get(TAG_KIND) == "trial"]
     assert sorted(r.info.status for r in children) == ["FINISHED", "KILLED"]
+
+
+def _twice(send_once: Callable[[int], None]) -> Callable[[int], None]:
+    """Send a signal, and again 0.2 s later (an impatient user, or a scheduler insisting)."""
+
+    def send(pid: int) -> None:
+        send_once(pid)
+        time.sleep(0.2)
+        send_once(pid)
+
+    return send
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_during_a_trial_exits_130_marks_it_and_the_rerun_completes(cli, tmp_path, demo_root):
+    # What Ctrl-C sends: SIGINT to the whole foreground group.
+    ctrl_c = _twice(lambda pid: os.killpg(pid, signal.SIGINT))
+    _stop_one_worker_mid_trial_then_rerun(cli, _project(tmp_path, demo_root, _sweep(LONG_EPOCHS)), ctrl_c, 130)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_trial_exits_143_marks_it_and_the_rerun_completes(cli, tmp_path, demo_root):
+    # What timeout, Slurm, Kubernetes and a VM shutdown send: SIGTERM to the process.
+    sigterm = _twice(lambda pid: os.kill(pid, signal.SIGTERM))
+    _stop_one_worker_mid_trial_then_rerun(cli, _project(tmp_path, demo_root, _sweep(LONG_EPOCHS)), sigterm, 143)
 
 
 @pytest.mark.slow
@@ -157,6 +199,91 @@ def test_ctrl_c_with_two_workers_marks_both_trials(tmp_path, demo_root):
         _stop(proc)
     assert "Traceback" not in err.read_text() + out.read_text(), err.read_text()[-3000:]
     _check_interrupted(project, {0, 1})
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_each_stop_signal_interrupts_once_then_is_ignored_while_marking(signum):
+    """In-process: SIGINT, SIGTERM and SIGHUP alike raise Interrupted (exit status 128 + the
+    signal); any stop signal after it is ignored; the handlers are restored after."""
+    with interrupt_once():
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signum)
+            time.sleep(1)  # the handler raises here
+        for again in STOP_SIGNALS:  # while the trial and runs are being marked
+            os.kill(os.getpid(), again)
+        time.sleep(0.1)
+    assert caught.value.signum == signum and exit_status(caught.value) == 128 + signum
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+
+
+def test_a_stop_signal_the_caller_ignores_stays_ignored():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it
+    try:
+        with interrupt_once():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _start_two_workers_mid_trial(project: Path) -> tuple[subprocess.Popen, Path, Path, list[int]]:
+    """A ``--workers 2`` sweep with both workers in their first epochs; and the workers' pids."""
+    proc, out, err = _start(project, "sweep", "-s", "tiny", "--trials", "2", "--workers", "2", log="interrupted")
+    try:
+        pids = [int(p) for p in _wait_for(r"started 2 worker processes: (\d+), (\d+)", err, proc=proc).groups()]
+        for worker in (1, 2):
+            _wait_for(rf"^\[worker {worker}\] trial \d+: epoch 1/{LONG_EPOCHS}", out, proc=proc)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, out, err, pids
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (a re-parented worker may never be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_worker_parent_is_passed_on_and_marks_both_trials(tmp_path, demo_root):
+    project = _project(tmp_path, demo_root, _sweep(LONG_EPOCHS))
+    proc, out, err, _pids = _start_two_workers_mid_trial(project)
+    try:
+        os.kill(proc.pid, signal.SIGTERM)  # the parent alone: the workers hear it from the parent
+        assert _wait_exit(proc) == 143, err.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "Traceback" not in err.read_text() + out.read_text(), err.read_text()[-3000:]
+    assert "interrupted (SIGTERM)" in err.read_text()
+    _check_interrupted(project, {0, 1})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_workers_of_a_sigkilled_parent_stop_and_mark_their_trials(tmp_path, demo_root):
+    project = _project(tmp_path, demo_root, _sweep(LONG_EPOCHS))
+    proc, out, _err, pids = _start_two_workers_mid_trial(project)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)  # nothing can be passed on: the workers must notice
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60  # a liveness bound, not a timing assertion
+        while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in pids), out.read_text()[-3000:]
+    finally:
+        _stop(proc)  # the workers are in its process group
+    assert "Traceback" not in out.read_text(), out.read_text()[-3000:]
+    study = _journal_study(project)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]  # marked by the workers, not left RUNNING
+    client = _local_client(project)
+    assert [client.get_run(t.user_attrs[ATTR_RUN]).info.status for t in trials] == ["KILLED", "KILLED"]
 
 
 # --------------------------------------------------------------------------- SIGKILL of one of two workers
@@ -251,6 +378,62 @@ def test_nan_trial_fails_with_its_reason_and_the_sweep_continues(cli, tmp_path, 
     assert run.data.tags["flower_exp.optuna_state"] == "FAIL"
     # Its own failure uses up budget (a dead worker's would not): 3 trials as requested.
     assert "study tiny-tiny: 2 complete, 0 pruned, 1 failed" in result.stdout
+
+
+# --------------------------------------------------------------------------- resuming: no replayed draws
+# Optuna directly with a cheap objective: the sampler alone decides these params.
+
+SAMPLED = {"lr_max": ParamSpec(low=1.0e-3, high=5.0e-3, log=True), "cnn_width": ParamSpec(choices=[4, 8, 16])}
+GRID = {"lr_max": ParamSpec(choices=[1.0e-3, 2.0e-3]), "cnn_width": ParamSpec(choices=[4, 8, 16])}
+
+
+def _study_in_parts(path: Path, cfg: SamplerConfig, parts: list[int], space: dict = SAMPLED) -> list[tuple]:
+    """The params, by trial number, of a study run ``parts[0]`` trials, then resumed for
+    ``parts[1]`` more and so on, each part by a new study and sampler (a rerun, another worker)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    for n in parts:
+        study = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(cfg, space),
+                                    direction="maximize", load_if_exists=True)
+        study.optimize(lambda trial: sum(map(float, suggest(trial, space, {}).values())), n_trials=n)
+    return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize("name", ["random", "tpe"])
+def test_a_resumed_study_never_replays_draws_and_the_same_seed_repeats_them(tmp_path, name):
+    cfg = SamplerConfig(name=name, seed=3, n_startup_trials=3)  # tpe: 3 random trials, then its model
+    resumed = _study_in_parts(tmp_path / "resumed.log", cfg, [2, 2])
+    assert len(set(resumed)) == 4, resumed  # was: trial 2 drew trial 0's params again
+    assert _study_in_parts(tmp_path / "at-once.log", cfg, [4]) == resumed  # per trial number, as before
+
+
+@pytest.mark.parametrize("name", ["random", "tpe"])
+def test_two_workers_on_one_study_draw_different_params(tmp_path, name):
+    """Trials asked by two samplers while both run (TPE: constant liar) differ, as when one
+    worker follows the other."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    cfg = SamplerConfig(name=name, seed=3, n_startup_trials=2)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
+    workers = [optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(cfg, SAMPLED),
+                                   direction="maximize", load_if_exists=True) for _ in range(2)]
+    for _round in range(3):
+        asked = [(study, study.ask()) for study in workers]
+        for study, trial in asked:
+            study.tell(trial, sum(map(float, suggest(trial, SAMPLED, {}).values())))
+    params = [tuple(sorted(t.params.items())) for t in workers[0].get_trials(deepcopy=False)]
+    assert len(params) == 6 and len(set(params)) == 6, params
+
+
+def test_a_resumed_grid_visits_every_point_once(tmp_path):
+    cfg = SamplerConfig(name="grid", seed=3)
+    resumed = _study_in_parts(tmp_path / "resumed.log", cfg, [2, 2, 2], GRID)
+    assert len(set(resumed)) == 6, resumed
+    assert _study_in_parts(tmp_path / "at-once.log", cfg, [6], GRID) == resumed
 
 
 # --------------------------------------------------------------------------- the soak script
