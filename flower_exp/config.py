@@ -481,11 +481,18 @@ def _check_type(key: str, value: Any, path: Path, where: str) -> None:
 
 def _check_range_type(name: str, spec: ParamSpec, path: Path) -> None:
     """An integer setting needs integer bounds: with one float bound Optuna samples floats
-    (``epochs`` 1.37) and every trial fails."""
+    (``epochs`` 1.37) and every trial fails. A float setting with whole-number bounds samples
+    floats (Optuna would otherwise draw only the whole numbers between them)."""
     fields = _fields_at(name.split(".")[:-1])
-    if spec.choices is not None or spec.is_int or fields is None or name.split(".")[-1] not in fields:
+    if spec.choices is not None or fields is None or name.split(".")[-1] not in fields:
         return  # choices are checked one by one; an unknown key is reported by _check_setting
     annotation = _setting_type(name)
+    if spec.is_int:
+        # Whole-number bounds of a float setting (dropout: {low: 0, high: 1}) mean the range,
+        # not its two ends: sample floats.
+        if _accepts(annotation, 1.5):
+            spec.is_int = False
+        return
     if _accepts(annotation, 1) and not _accepts(annotation, 1.5):
         raise ConfigError(
             f"{path}: params.{name}: {name!r} is an integer setting; allowed: integer low, high and step "

@@ -258,6 +258,22 @@ def test_well_typed_sweep_values_pass(tmp_path, experiment):
     sweep = load_sweep(path, experiment)
     assert sweep.params["lr_max"].low == 1e-4  # YAML 1.2 float, not the string "1e-4"
     assert sweep.enqueue[0]["lr_max"] == 8e-4
+    # Whole-number bounds of a float setting span the range; of an int setting, the integers.
+    assert not sweep.params["dropout"].is_int and sweep.params["epochs"].is_int
+
+
+def test_float_setting_with_whole_number_bounds_samples_floats(tmp_path, experiment):
+    import optuna
+
+    from flower_exp.study import suggest
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("params:\n  epochs: {low: 1, high: 2}\n  lr_max: {low: 1, high: 2}\n")
+    sweep = load_sweep(path, experiment)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [suggest(study.ask(), sweep.params, {}) for _ in range(5)]
+    assert all(isinstance(d["epochs"], int) for d in drawn)
+    assert all(isinstance(d["lr_max"], float) for d in drawn) and any(1 < d["lr_max"] < 2 for d in drawn)
 
 
 # ----------------------------------------------------------------- the YAML loader's guards
