@@ -88,6 +88,7 @@ class SweepSpec:
     worker: int = 0
     quiet: bool = False
     budget: Deadline | None = None  # the sweep is over by then, the running trial included
+    seed: int | None = None  # the sampler seed given to the sweep (None: the sweep file's)
 
 
 @dataclass
@@ -501,6 +502,7 @@ def run_sweep(
         deadline=time.time() + 60 * (timeout_min or sweep_cfg.timeout_min) if (timeout_min or sweep_cfg.timeout_min) else None,
         quiet=quiet,
         budget=budget,
+        seed=seed,
     )
     with interrupt_once():
         try:
@@ -556,7 +558,8 @@ def run_worker(
         study = optuna.load_study(
             study_name=spec.study_name,
             storage=store,
-            sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params),  # seeded per trial: no per-worker offset needed
+            # Seeded per trial: no per-worker offset needed, but the sweep's --seed must reach here.
+            sampler=make_sampler(sweep_cfg.sampler, sweep_cfg.params, spec.seed),
             pruner=make_pruner(sweep_cfg.pruner, epochs),
         )
     prefix = f"[worker {spec.worker}] " if spec.worker else ""

@@ -137,11 +137,22 @@ def _check_study_and_runs(study, runs) -> tuple[str, dict]:
 
 @pytest.mark.slow
 def test_two_local_workers_share_the_journal_study_and_status_reports_it(cli, project):
-    result = cli("sweep", "-s", "tiny", "--workers", "2", "--trials", "4", cwd=project, timeout=600)
+    result = cli("sweep", "-s", "tiny", "--workers", "2", "--trials", "4", "--seed", "7", cwd=project, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (project / "mlruns" / "optuna" / "journal.log").is_file()
 
     study = _journal_study(project)
+    # The workers drew with --seed 7, not the sweep file's seed: the params of each trial
+    # number are those the seed gives that number.
+    import optuna
+
+    from flower_exp.config import SamplerConfig, load_sweep
+    from flower_exp.study import make_sampler, suggest
+
+    params = load_sweep(project / "sweeps" / "tiny.yaml").params
+    expected = optuna.create_study(sampler=make_sampler(SamplerConfig(**SWEEP["sampler"]), params, seed=7))
+    drawn = [suggest(expected.ask(), params, {}) for _ in range(4)]
+    assert {t.number: t.params for t in study.get_trials(deepcopy=False)} == dict(enumerate(drawn))
     parent_id, children = _check_study_and_runs(study, _runs(_local_client(project)))
     assert f"MLflow parent run: {parent_id}" in result.stdout
 
