@@ -316,7 +316,7 @@ def _per_trial_seed_sampler():
     """A sampler that, before each trial, builds its Optuna sampler afresh seeded for that trial
     number (:func:`_trial_seed`) and delegates to it. Rebuilding uses only public constructors,
     where reseeding would reach into each sampler's private random states (TPE has two); what
-    TPE and grid keep between trials is derived from the study again."""
+    TPE keeps between trials (search-space caches) it derives from the study again."""
     from optuna.samplers import BaseSampler
 
     class PerTrialSeedSampler(BaseSampler):
