@@ -35,28 +35,30 @@ _SETTLE_S = 1.0
 
 
 def _to_stderr(message: str) -> None:
+    """Where the sweep's own lines go (workers included), whoever opened the journal."""
     print(message, file=sys.stderr, flush=True)
 
 
-def open_journal(path: Path, *, readonly: bool, log: Callable[[str], None] = _to_stderr) -> JournalFileBackend:
+def open_journal(path: Path, *, readonly: bool) -> JournalFileBackend:
     """An Optuna journal backend on ``path``, checked first (:func:`check`).
 
     To write (``readonly=False``), the file and its folder must be writable (Optuna locks the
     file by creating ``PATH.lock`` next to it) and a torn last line is cut off now; to read, the
-    file must exist and is never changed: a torn last line, which Optuna skips, is reported."""
+    file must exist and is never changed: a torn last line, which Optuna skips, is reported.
+    Either says so in one line on stderr."""
     torn = check(path)
     if readonly:
         if not path.exists():
             raise FlowerExpError(f"Optuna storage {path}: no such journal file")
         if torn and _still_torn(path):
-            log(f"Optuna journal {path}: the last line is torn ({torn} bytes of an interrupted write); Optuna skips it, "
-                "and the next sweep cuts it off (keeping a backup of the file)")
+            _to_stderr(f"Optuna journal {path}: the last line is torn ({torn} bytes of an interrupted write); Optuna skips it, "
+                       "and the next sweep cuts it off (keeping a backup of the file)")
     else:
         _check_writable(path)
-    backend = JournalFileBackend(str(path), lock_obj=RepairingLock(path, log))
+    backend = JournalFileBackend(str(path), lock_obj=RepairingLock(path, _to_stderr))
     if torn and not readonly:
         with get_lock_file(JournalFileSymlinkLock(str(path))):
-            repair(path, log)
+            repair(path, _to_stderr)
     return backend
 
 

@@ -183,6 +183,16 @@ def test_a_file_that_is_not_a_journal_is_refused_and_left_unchanged(tmp_path, ca
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["journal.log"]
 
 
+def test_repair_refuses_a_last_line_that_turned_into_garbage_under_the_lock(torn):
+    """Between the check and the lock, something else rewrote the tail: nothing is cut."""
+    path, data = torn
+    path.write_bytes(data[: data.rfind(b"\n") + 1] + b"\x00garbage")
+    before = path.read_bytes()
+    with pytest.raises(FlowerExpError, match="the last line is not an Optuna journal operation; nothing was changed"):
+        journal.repair(path, print)
+    assert path.read_bytes() == before and not _backups(path)
+
+
 @pytest.mark.parametrize("opener", [_writer, _reader], ids=["sweep", "status"])
 def test_a_directory_is_refused(tmp_path, opener):
     with pytest.raises(FlowerExpError, match="is a directory; expected a journal file"):
@@ -243,6 +253,8 @@ def test_a_read_only_journal_is_refused_for_a_sweep_and_read_for_status(torn, tm
         with pytest.raises(FlowerExpError, match="journal.log: (the file|its folder .*) is read-only; a sweep appends"):
             _writer(path)
         assert len(optuna.load_study(study_name=STUDY, storage=_reader(path)).trials) == 3
+        with pytest.raises(FlowerExpError, match="new/journal.log: cannot create its folder"):
+            _writer(path.parent / "new" / "journal.log")
         assert path.read_bytes() == data and sorted(p.name for p in path.parent.iterdir()) == ["journal.log"]
     assert "the next sweep cuts it off" in capsys.readouterr().err
 
