@@ -112,7 +112,7 @@ SMOKE_SPACE = {
 
 
 class BudgetSpent(KeyboardInterrupt):
-    """Stops a Keras Tuner search once its wall-clock budget is spent.
+    """Ends a Keras Tuner search when its budget leaves no time for another trial.
 
     A KeyboardInterrupt so that Keras Tuner treats it as the user stopping the search (it
     re-raises instead of recording a failed trial and carrying on).
@@ -375,9 +375,11 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
         return apply_values(exp.config, {**sweep_cfg.fixed, **values}, sweep, "keras-tuner trial")
 
     class Clock(keras.callbacks.Callback):
-        """Records each epoch and stops the search at the budget, as flower-exp's own budget
-        does: at the last epoch end that leaves time for another epoch of this trial, and
-        before a new trial whose first epoch (model and pipelines included) would not fit."""
+        """Records each epoch and ends the search at the budget, as flower-exp's own budget
+        does: the running trial stops at the last epoch end that leaves time for another epoch
+        (Keras Tuner then ends it as usual, its best epoch checkpointed and scored, as flower-exp
+        keeps a budget-stopped trial's best epoch), and no new trial starts whose first epoch
+        (model and pipelines included) would not fit."""
 
         def __init__(self):
             super().__init__()
@@ -385,28 +387,26 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
             self.longest_first_epoch_s = 0.0
             self.trial_start = self.epoch_start = time.time()
             self.first = True
-            self.best: float | None = None  # of the running trial
+            self.armed = True  # off after the search: get_best_models builds models too
+            self.spent = False
 
         def new_trial(self) -> None:
-            self.trial_start, self.first, self.best = time.time(), True, None
-
-        def check_room(self) -> None:
-            if time.time() + self.longest_first_epoch_s > deadline:
+            if self.armed and (self.spent or time.time() + self.longest_first_epoch_s > deadline):
                 raise BudgetSpent()
+            self.trial_start, self.first = time.time(), True
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
             now = time.time()
-            value = float(logs["val_macro_f1"])
-            log.epoch(self.trial, epoch + 1, value)
-            self.best = value if self.best is None else max(self.best, value)
+            log.epoch(self.trial, epoch + 1, float(logs["val_macro_f1"]))
             if self.first:
                 self.longest_first_epoch_s = max(self.longest_first_epoch_s, now - self.trial_start)
                 self.first = False
             if now + (now - self.epoch_start) > deadline:
-                raise BudgetSpent()
+                # Not an exception here: fit returns and the tuner records the trial normally.
+                self.spent = self.model.stop_training = True
 
         def on_train_end(self, logs=None):
             log.trial_ended()
@@ -449,7 +449,6 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
             return model
 
         def fit(self, hp, model, *args, callbacks=(), **kwargs):
-            clock.check_room()
             cfg = configuration(hp)
             schedule = schedule_for(cfg)
             normalization = normalization_for(cfg.architecture)
@@ -469,8 +468,7 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
             start = cfg.early_stopping_start_epoch
             stop = EarlyStop(cfg.early_stopping_patience,
                              cfg.lr_rampup_epochs + cfg.lr_sustain_epochs if start is None else start)
-            # The clock last: Keras Tuner's checkpoint callback must save an epoch before the
-            # clock may stop the search after it.
+            # The clock last: it times the epoch with every other callback's work included.
             return model.fit(train, steps_per_epoch=pipeline.steps_per_epoch(train_files.count, cfg.batch_size_per_replica, False),
                              validation_data=val, callbacks=[lr, stop, *callbacks, clock], shuffle=False,
                              **{"verbose": 0, **kwargs})
@@ -499,13 +497,7 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
         tuner.search(epochs=trial_epochs, verbose=0)
     except BudgetSpent:
         stopped_by = "budget"
-        # The trial running at the budget keeps its best epoch, as flower-exp's does: end it as
-        # completed with that score (its checkpoint holds that epoch) so get_best_models sees it.
-        trial = tuner.oracle.ongoing_trials.get(tuner.tuner_id)
-        if trial is not None and clock.best is not None:
-            tuner.oracle.update_trial(trial.trial_id, {"val_macro_f1": clock.best})
-            trial.status = "COMPLETED"
-            tuner.oracle.end_trial(trial)
+    clock.armed = False
     wall_s = log.elapsed()
 
     start = time.time()
@@ -518,7 +510,7 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
     ids, probs = [], []
     for images, batch_ids in test:
         ids += [i.decode("utf-8") for i in batch_ids.numpy()]
-        probs.append(model.predict(images, verbose=0))
+        probs.append(model.predict_on_batch(images))
     labels = read_labels(str(data_dir / "test_labels.csv"), num_classes)
     truth = np.array([labels[i] for i in ids])
     probs = np.concatenate(probs)
@@ -547,14 +539,13 @@ def run_one(method: str, seed: int, budget_min: float, data_dir: Path, work: Pat
     # Generates the smoke run's demo data on first use: before the clock, not in one method's budget.
     open_data(load_experiment(EXPERIMENT, config), log=say)
     log = EpochLog()
-    if method in ("default", "random"):
-        study, stopped_by = run_flower_exp_sweep(config, sweep, seed, budget_min, log, say)
-        outcome = {"wall_s": round(log.elapsed(), 2), "stopped_by": stopped_by,
-                   **export_and_score(config, study, data_dir, project, say)}
-    elif method == "long-run":
-        stopped_by = run_long(config, sweep, budget_min, log)
-        outcome = {"wall_s": round(log.elapsed(), 2), "stopped_by": stopped_by,
-                   **export_and_score(config, None, data_dir, project, say)}
+    if method in ("default", "random", "long-run"):
+        if method == "long-run":
+            study, stopped_by = None, run_long(config, sweep, budget_min, log)
+        else:
+            study, stopped_by = run_flower_exp_sweep(config, sweep, seed, budget_min, log, say)
+        wall_s = round(log.elapsed(), 2)  # the clock stops before selection and export
+        outcome = {"wall_s": wall_s, "stopped_by": stopped_by, **export_and_score(config, study, data_dir, project, say)}
     else:
         outcome = run_keras_tuner(method, config, sweep, seed, budget_min, data_dir, log, project)
     scores = [e["val_f1"] for e in log.epochs]
@@ -758,10 +749,10 @@ def notes(s: dict[str, Any], runs: list[dict[str, Any]], budget_min: float, args
         "over its fixed settings trained by `flower_exp.train` for the whole budget (epochs=1000, early stopping "
         "off; it keeps its best epoch), exported and scored like the sweeps.",
         "Equal: the wall-clock budget, counted from the start of each search with TensorFlow already imported. "
-        "flower-exp stops the running trial at the last epoch boundary that leaves time to finish it; Keras Tuner is "
-        "stopped the same way by a callback (after an epoch when another would end past the budget, before a trial "
-        "whose first epoch would) and its running trial is ended as completed with its best epoch, as flower-exp "
-        "keeps a budget-stopped trial's best epoch. Selection and export (`best --export`, `get_best_models`) and "
+        "Every method stops its running trial at the last epoch end that leaves time for another epoch and "
+        "keeps its best epoch (flower-exp's sweeps and long run by themselves, Keras Tuner through a callback that "
+        "also starts no trial whose first epoch would not fit), so none trains past the budget. Selection and "
+        "export (`best --export`, `get_best_models`) and "
         "test prediction are not part of the budget; their time is the export column.",
         "Measured: every trained epoch's val macro-F1 with its time; the curve is the best so far against minutes "
         "(thin: one seed, bold: median per method); test accuracy and macro-F1 of the final predictor on the "
