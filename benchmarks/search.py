@@ -81,8 +81,8 @@ DATA_ENV = "FLOWER_EXP_BENCH_DATA"
 SWEEP_FILE = common.REPO_ROOT / "sweeps" / "cpu.yaml"
 DEFAULT_WORK = common.REPO_ROOT / "benchmarks" / "results" / "search-runs"
 DEFAULT_SEEDS = (1, 2, 3)
-# 5 methods x 3 seeds x 30 minutes = 7.5 hours of searching plus exports: several sittings on
-# a 2-core machine, long enough for many trials of the CPU sweep's small networks.
+# The budget cpu.yaml's own usage line gives (--budget 30m). 5 methods x 3 seeds x 30 minutes
+# = 7.5 hours of searching plus exports: several sittings on a 2-core machine.
 DEFAULT_BUDGET_MIN = 30.0
 # The sweep is stopped by its budget; this only has to be more trials than fit in it.
 TRIALS = 10_000
