@@ -158,6 +158,7 @@ def train_command(
         from .strategy import split_cpu
 
         split_cpu(cpu_replicas)
+    from .signals import interrupt_once
     from .train import run
 
     bars = []
@@ -165,19 +166,21 @@ def train_command(
         from .progress import epoch_bar
 
         bars.append(epoch_bar(err))
-    try:
-        result = run(
-            exp,
-            tracking_uri=tracking_uri,
-            run_name=run_name,
-            allow_leakage=allow_leakage,
-            progress=lambda message: err.print(escape(message)),
-            callbacks=bars,
-            deadline=deadline,
-        )
-    finally:
-        for bar in bars:
-            bar.close()
+    # SIGTERM/SIGHUP (timeout, Slurm, Kubernetes) end the run KILLED like Ctrl-C, not RUNNING.
+    with _stop_signal_exit_status(), interrupt_once():
+        try:
+            result = run(
+                exp,
+                tracking_uri=tracking_uri,
+                run_name=run_name,
+                allow_leakage=allow_leakage,
+                progress=lambda message: err.print(escape(message)),
+                callbacks=bars,
+                deadline=deadline,
+            )
+        finally:
+            for bar in bars:
+                bar.close()
     out.print(
         f"run {result.run_id}: best val_macro_f1 {result.best_val_macro_f1:.4f} at epoch {result.best_epoch} "
         f"of {result.epochs_run}"
@@ -212,9 +215,9 @@ def runs_command(
 
 @contextmanager
 def _stop_signal_exit_status() -> Iterator[None]:
-    """Typer exits 130 on any KeyboardInterrupt; a sweep stopped by SIGTERM or SIGHUP (its trials
-    and runs marked by then) exits 128 + the signal, as a shell reports a death by it."""
-    from .study import exit_status
+    """Typer exits 130 on any KeyboardInterrupt; a sweep or run stopped by SIGTERM or SIGHUP (its
+    trials and runs marked by then) exits 128 + the signal, as a shell reports a death by it."""
+    from .signals import exit_status
 
     try:
         yield

@@ -168,15 +168,17 @@ class Tracker:
     def run(
         self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
     ) -> Iterator[str]:
-        """A run that is always closed: FINISHED, FAILED (error tagged) or KILLED on Ctrl-C.
+        """A run that is always closed: FINISHED, FAILED (error tagged) or KILLED on Ctrl-C/SIGTERM/SIGHUP.
 
         The body may set ``flower_exp.state`` (e.g. ``pruned``) before returning normally.
         """
         run_id = self.start(run_name, tags, parent_run_id)
         try:
             yield run_id
-        except KeyboardInterrupt:
-            self._close_quietly(run_id, "KILLED", "killed", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:
+            # signals.Interrupted names its signal; a plain KeyboardInterrupt is Ctrl-C.
+            how = "Ctrl-C" if str(exc) in ("", "SIGINT") else str(exc)
+            self._close_quietly(run_id, "KILLED", "killed", f"interrupted ({how})")
             raise
         except BaseException as exc:
             if isinstance(exc, RecordingFailed) and exc.unreachable:

@@ -21,15 +21,12 @@ import pytest
 import yaml
 
 from flower_exp.config import ParamSpec, SamplerConfig
+from flower_exp.signals import STOP_SIGNALS, Interrupted, exit_status, interrupt_once
 from flower_exp.study import (
     ATTR_FAIL,
     ATTR_PARENT,
     ATTR_RETRY_OF,
     ATTR_RUN,
-    STOP_SIGNALS,
-    Interrupted,
-    exit_status,
-    interrupt_once,
     make_sampler,
     suggest,
 )
@@ -106,9 +103,10 @@ def _wait_exit(proc: subprocess.Popen, bound_s: float = 60) -> int:
         pytest.fail(f"still running {bound_s} s after the signal")
 
 
-def _check_interrupted(project: Path, numbers: set[int]) -> None:
+def _check_interrupted(project: Path, numbers: set[int], how: str = "") -> None:
     """Trials ``numbers`` FAIL (not counted against the budget), their runs and the parent
-    KILLED, nothing left RUNNING, and the journal still reads."""
+    KILLED (their error saying ``interrupted (HOW)``), nothing left RUNNING, and the journal
+    still reads."""
     study = _journal_study(project)  # raises if the journal were half-written
     trials = study.get_trials(deepcopy=False)
     assert {t.number for t in trials if t.state.name == "FAIL"} == numbers, [t.state.name for t in trials]
@@ -119,7 +117,7 @@ def _check_interrupted(project: Path, numbers: set[int]) -> None:
         assert ATTR_FAIL not in trial.user_attrs  # interrupted is not the trial's own failure
         run = client.get_run(trial.user_attrs[ATTR_RUN])
         assert run.info.status == "KILLED" and run.data.tags[TAG_STATE] == "killed"
-        assert "interrupted" in run.data.tags[TAG_ERROR]
+        assert f"interrupted ({how}" in run.data.tags[TAG_ERROR]
     parent = client.get_run(study.user_attrs[ATTR_PARENT])
     assert parent.info.status == "KILLED" and parent.data.tags[TAG_STATE] == "killed"
     assert not [r for r in _runs(client) if r.info.status == "RUNNING"]
@@ -128,7 +126,7 @@ def _check_interrupted(project: Path, numbers: set[int]) -> None:
 # --------------------------------------------------------------------------- Ctrl-C
 
 
-def _stop_one_worker_mid_trial_then_rerun(cli, project: Path, send: Callable[[int], None], status: int) -> None:
+def _stop_one_worker_mid_trial_then_rerun(cli, project: Path, send: Callable[[int], None], status: int, how: str) -> None:
     """``send(pid)`` stops a one-worker sweep mid-trial: exit ``status`` without a traceback,
     the trial FAIL, its run and the parent KILLED; the rerun completes, its trial not a
     heartbeat retry (the stopped one was marked at once, nothing waited out the grace)."""
@@ -141,7 +139,7 @@ def _stop_one_worker_mid_trial_then_rerun(cli, project: Path, send: Callable[[in
     finally:
         _stop(proc)
     assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
-    _check_interrupted(project, {0})
+    _check_interrupted(project, {0}, how)
 
     # A short rerun: only that it completes matters.
     (project / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump(_sweep(2), sort_keys=False))
@@ -174,14 +172,29 @@ def _twice(send_once: Callable[[int], None]) -> Callable[[int], None]:
 def test_ctrl_c_twice_during_a_trial_exits_130_marks_it_and_the_rerun_completes(cli, tmp_path, demo_root):
     # What Ctrl-C sends: SIGINT to the whole foreground group.
     ctrl_c = _twice(lambda pid: os.killpg(pid, signal.SIGINT))
-    _stop_one_worker_mid_trial_then_rerun(cli, _project(tmp_path, demo_root, _sweep(LONG_EPOCHS)), ctrl_c, 130)
+    _stop_one_worker_mid_trial_then_rerun(cli, _project(tmp_path, demo_root, _sweep(LONG_EPOCHS)), ctrl_c, 130, "Ctrl-C")
 
 
 @pytest.mark.slow
 def test_sigterm_during_a_trial_exits_143_marks_it_and_the_rerun_completes(cli, tmp_path, demo_root):
     # What timeout, Slurm, Kubernetes and a VM shutdown send: SIGTERM to the process.
     sigterm = _twice(lambda pid: os.kill(pid, signal.SIGTERM))
-    _stop_one_worker_mid_trial_then_rerun(cli, _project(tmp_path, demo_root, _sweep(LONG_EPOCHS)), sigterm, 143)
+    _stop_one_worker_mid_trial_then_rerun(cli, _project(tmp_path, demo_root, _sweep(LONG_EPOCHS)), sigterm, 143, "SIGTERM")
+
+
+def test_sigterm_during_train_exits_143_and_marks_the_run_killed(tmp_path, demo_root):
+    project = _project(tmp_path, demo_root, _sweep(LONG_EPOCHS))
+    proc, out, err = _start(project, "train", "-q", "--set", f"epochs={LONG_EPOCHS}", log="train")
+    try:
+        _wait_for(rf"^epoch 1/{LONG_EPOCHS}", err, proc=proc)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert _wait_exit(proc) == 143, err.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
+    [run] = _runs(_local_client(project))
+    assert run.info.status == "KILLED" and run.data.tags[TAG_STATE] == "killed"
+    assert run.data.tags[TAG_ERROR] == "interrupted (SIGTERM)"
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import assert_one_line_error
 from flower_exp import journal
