@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/run_all.py [--smoke] [--out DIR]
 
 Runs each ``benchmarks/<name>.py`` that exists (one process each, one after another: they
-measure the machine, so never in parallel), and ``bash benchmarks/gpu.sh`` when a GPU is
+measure the machine, so never in parallel; ``search`` only with ``--smoke``, as its real run
+takes hours over several sittings), and ``bash benchmarks/gpu.sh`` when a GPU is
 present (with ``--smoke``: always, as its CPU check). Results go to ``--out`` (default
 benchmarks/results); the report goes to BENCHMARKS.md at the repo root for the default
 folder, else to ``<out>/BENCHMARKS.md`` so a smoke run never replaces the real report.
@@ -23,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_OUT, REPO_ROOT, log, parse_args  # noqa: E402
 
 SCRIPTS = ("pipeline", "overhead", "search", "memory", "startup")
+# Run on their own, in several sittings; a full run_all reports their latest results.
+SITTINGS = ("search",)
 
 
 def commands(smoke: bool, out: Path) -> list[tuple[str, list[str]]]:
@@ -30,7 +33,10 @@ def commands(smoke: bool, out: Path) -> list[tuple[str, list[str]]]:
     bench = REPO_ROOT / "benchmarks"
     flags = (["--smoke"] if smoke else []) + ["--out", str(out)]
     found = [(name, [sys.executable, str(bench / f"{name}.py"), *flags])
-             for name in SCRIPTS if (bench / f"{name}.py").exists()]
+             for name in SCRIPTS if (bench / f"{name}.py").exists() and (smoke or name not in SITTINGS)]
+    for name in SITTINGS if not smoke else ():
+        log(f"{name}: skipped (hours on real photos, resumable over several sittings); run "
+            f"`FLOWER_EXP_BENCH_DATA=<photos> .venv/bin/python benchmarks/{name}.py` on its own")
     has_gpu = shutil.which("nvidia-smi") is not None
     if (bench / "gpu.sh").exists() and (smoke or has_gpu):
         found.append(("gpu", ["bash", str(bench / "gpu.sh"), *flags]))
