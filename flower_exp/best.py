@@ -140,7 +140,7 @@ def run_best(
     with tempfile.TemporaryDirectory(prefix="flower-exp-best-") as tmp:
         members = []
         for c in candidates:
-            path = _download(tracker, c.run_id, "val_probs.npz", tmp)
+            path = tracker.download(c.run_id, "val_probs.npz", tmp)
             members.append(load_member(c.run_id, path))
         study_name = f"{study or exp.name}-ensemble"
         report = evaluate(members, method=method, trials=trials, seed=seed, study_name=study_name)
@@ -223,19 +223,6 @@ def check_metric_name(metric: str) -> str:
     return metric
 
 
-def _download(tracker: Tracker, run_id: str, artifact: str, folder: str) -> str:
-    """A run's artifact as a local file; one line if it is gone (artifact folder deleted, store moved)."""
-    os.makedirs(folder, exist_ok=True)
-    try:
-        return tracker.client.download_artifacts(run_id, artifact, folder)
-    except Exception as exc:  # MLflow raises MlflowException or OSError depending on the store
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise FlowerExpError(
-            f"run {run_id}: artifact {artifact} cannot be read ({reason}); its artifacts may have been deleted: "
-            "rerun it or leave it out (--study, --top)"
-        ) from None
-
-
 def _check_export_writable(out: Path) -> None:
     """Refuse an export folder that cannot be created (read-only disk, permissions) before
     the weight search and refits, not after them."""
@@ -280,7 +267,7 @@ def _class_names(exp) -> list[str]:
 
 def _member_experiment(tracker, run_id: str, exp, tmp: str):
     """The member run's exact configuration (its config.yaml artifact) on this experiment's data."""
-    path = _download(tracker, run_id, "config.yaml", os.path.join(tmp, run_id))
+    path = tracker.download(run_id, "config.yaml", os.path.join(tmp, run_id))
     data = read_yaml(Path(path))
     for key in ("data_dir", "classes"):
         data.pop(key, None)
@@ -297,7 +284,7 @@ def _export(tracker, out, chosen, model_runs, by_id, report, exp, study, method,
     members = []
     for run_id, weight in chosen.items():
         source_run = model_runs[run_id] or run_id
-        model_path = _download(tracker, source_run, "model/model.keras", os.path.join(tmp, "models", source_run))
+        model_path = tracker.download(source_run, "model/model.keras", os.path.join(tmp, "models", source_run))
         c = by_id[run_id]
         members.append(
             ExportMember(

@@ -14,10 +14,12 @@ import os
 import re
 import reprlib
 from collections.abc import Sequence
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
@@ -331,6 +333,21 @@ class ParamSpec(_Strict):
         return [cast(self.low), cast(self.high)]
 
 
+class ContinueConfig(_Strict):
+    """The end of a budgeted sweep: train the best trials further instead of starting new ones."""
+
+    budget_fraction: float = Field(
+        0.35,
+        gt=0.0,
+        lt=1.0,
+        description="With --budget: once this fraction of the budget is left, no new trial starts; the best "
+        "trial's model trains on from its best epoch's weights (then the next best, while time is left).",
+    )
+    lr_scale: float = Field(
+        0.5, gt=0.0, le=1.0, description="Peak learning rate of a continuation, as a fraction of the trial's lr_max."
+    )
+
+
 class SweepConfig(_Strict):
     """A search space file (``sweeps/*.yaml``)."""
 
@@ -344,6 +361,11 @@ class SweepConfig(_Strict):
     fixed: dict[str, Any] = Field({}, description="Settings held fixed for every trial (experiment keys).")
     enqueue: list[dict[str, Any]] = Field(
         [], description="Configurations to try first (e.g. the seed's hand-picked one), as param values."
+    )
+    continue_best: ContinueConfig | None = Field(
+        None,
+        description="With --budget: spend the end of the budget training the best trials further (from their "
+        "best epoch's weights, a fresh schedule at a lower peak) instead of starting new trials. Unset: off.",
     )
 
     @model_validator(mode="after")
@@ -378,9 +400,19 @@ def _same_choice(value: Any, choice: Any) -> bool:
     return value == choice and isinstance(value, bool) == isinstance(choice, bool)
 
 
-def load_sweep(path: str | os.PathLike, experiment: ExperimentConfig | None = None) -> SweepConfig:
+# Settings that say which data an experiment reads, not how a trial trains: never searched or
+# fixed by a sweep file; `sweep --set` applies them to the experiment itself.
+DATA_KEYS = ("name", "data_dir", "generate", "classes", "classes_file", "extra_data", "cache_dir")
+
+
+def load_sweep(
+    path: str | os.PathLike, experiment: ExperimentConfig | None = None, fixed: dict[str, Any] | None = None
+) -> SweepConfig:
     """Read and validate a sweep file; with ``experiment``, also check that every searched or
-    fixed key and value is a valid setting of it (so trial 17 cannot fail on a typo)."""
+    fixed key and value is a valid setting of it (so trial 17 cannot fail on a typo).
+
+    ``fixed`` (from :func:`sweep_overrides`) is applied over the file's ``fixed`` first.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
@@ -391,6 +423,8 @@ def load_sweep(path: str | os.PathLike, experiment: ExperimentConfig | None = No
         sweep = SweepConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(path, exc, model=SweepConfig)) from None
+    if fixed:
+        sweep = sweep.model_copy(update={"fixed": {**sweep.fixed, **fixed}})
     if experiment is not None:
         for key, value in sweep.fixed.items():
             _check_setting(experiment, key, value, path, f"fixed.{key}")
@@ -403,6 +437,34 @@ def load_sweep(path: str | os.PathLike, experiment: ExperimentConfig | None = No
             for key, value in entry.items():
                 _check_setting(base, key, value, path, f"enqueue.{i}.{key}")
     return sweep
+
+
+def sweep_overrides(
+    exp: ExperimentConfig, overrides: Sequence[str], params: dict[str, ParamSpec], sweep_path: Path | str
+) -> dict[str, Any]:
+    """A sweep's ``--set KEY=VALUE`` as fixed settings over its file's ``fixed``.
+
+    ``exp`` already has the overrides applied (:func:`load_experiment` parsed and validated them
+    exactly as for ``train --set``); this reads their typed values back from it. Data keys
+    (:data:`DATA_KEYS`) stay on the experiment only. A key the sweep searches is refused: a fixed
+    value would silently replace the search of that parameter.
+    """
+    fixed: dict[str, Any] = {}
+    for item in overrides:
+        key = _override_key(item)
+        if key.split(".")[0] in DATA_KEYS:
+            continue
+        searched = [name for name in params if name == key or name.startswith(key + ".") or key.startswith(name + ".")]
+        if searched:
+            raise ConfigError(
+                f"--set {key}: {sweep_path}: params.{searched[0]} searches it; drop --set {key}, or copy the "
+                f"sweep file and move {searched[0]} from params to fixed"
+            )
+        value: Any = exp
+        for part in key.split("."):
+            value = getattr(value, part)
+        fixed[key] = value.model_dump() if isinstance(value, BaseModel) else value
+    return fixed
 
 
 def apply_values(exp: ExperimentConfig, values: dict[str, Any], path: Path | str, where: str) -> ExperimentConfig:
@@ -428,7 +490,7 @@ def _check_setting(exp: ExperimentConfig, key: str, value: Any, path: Path, wher
     if fields is None or leaf not in fields:
         allowed = ", ".join(sorted(fields or _fields_at([]) or []))
         raise ConfigError(f"{path}: {where}: {key!r} is not an experiment setting; allowed: {allowed}")
-    if key in ("name", "data_dir", "generate", "classes", "classes_file", "extra_data", "cache_dir"):
+    if key in DATA_KEYS:
         raise ConfigError(f"{path}: {where}: {key!r} describes the data, not a trial; set it in experiments.yaml")
     _check_type(key, value, path, where)
     try:
@@ -520,7 +582,7 @@ def find_config(path: str | os.PathLike | None = None) -> Path:
         # back to the packaged demo config would silently sweep the wrong experiment.
         what = f"a symlink to {os.readlink(local)} that cannot be followed" if local.is_symlink() else "not a file"
         raise ConfigError(f"{local}: {what}; fix it, remove it, or pass --config PATH")
-    return Path(str(resources.files("flower_exp") / "resources" / CONFIG_FILE))
+    return _packaged_config()
 
 
 # Study names end up in shell commands, export folder names and MLflow filter strings.
@@ -583,8 +645,28 @@ def load_experiment(
         )
     exp = parsed.experiments[name]
     if overrides:
+        declared = exp
         exp = apply_overrides(exp, overrides, config_path, prefix=f"experiments.{name}")
+        exp = _generated_only_where_declared(declared, exp, overrides)
     return resolve(exp, config_path, os.environ if env is None else env)
+
+
+def _generated_only_where_declared(
+    declared: ExperimentConfig, exp: ExperimentConfig, overrides: list[str]
+) -> ExperimentConfig:
+    """A ``generate:`` recipe belongs to the folder the file declares it for. ``--set
+    data_dir=X`` on a generated experiment reads X as existing data: a mistyped path must not
+    fill up with synthetic images, nor a real dataset trip over the demo recipe check. Only
+    ``--set generate...`` in the same command declares a recipe for X."""
+    keys = {_override_key(item).split(".")[0] for item in overrides}
+    if exp.generate is not None and exp.data_dir != declared.data_dir and "generate" not in keys:
+        return exp.model_copy(update={"generate": None})
+    return exp
+
+
+def _override_key(item: str) -> str:
+    """The key of a ``key=value`` override (as :func:`apply_overrides` reads it)."""
+    return item.partition("=")[0].strip()
 
 
 def apply_overrides(
@@ -629,7 +711,10 @@ def resolve(exp: ExperimentConfig, config_path: Path, env: Any) -> ResolvedExper
         raise ConfigError(f"{where}.data_dir: not set; set data_dir in the file or export {DATA_DIR_ENV}=<local folder or gs:// URL>")
     data_dir = _abs(raw_dir, base)
     if exp.generate is None and not _is_url(data_dir) and not Path(data_dir).is_dir():
-        raise ConfigError(f"{where}.data_dir: {data_dir} does not exist (expected a folder with tfrecords-jpeg-SxS/)")
+        raise ConfigError(
+            f"{where}.data_dir: {data_dir} does not exist (experiment {exp.name!r} reads a dataset folder with "
+            "tfrecords-jpeg-SxS/; make one with: flower-exp data import-folder PHOTOS --experiment NAME)"
+        )
     extra = []
     for i, src in enumerate(exp.extra_data):
         path = _abs(src.path, base)
@@ -701,6 +786,155 @@ def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "")
         default = field.get_default(call_default_factory=True)
         rows.append((f"{prefix}{name}", repr(default), field.description or ""))
     return rows
+
+
+# --------------------------------------------------------------------------- writing experiments.yaml
+
+# Experiment names end up in study names (<experiment>-<sweep>), MLflow experiment names,
+# export folders and the shell commands flower-exp prints.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,59}")
+EXPERIMENT_NAME_ALLOWED = "letters, digits, '_' and '-', not starting with '-', at most 60 characters"
+# The comment line above a written experiment; a replacement (--force) replaces it too.
+_MARKER = "{name}: written by "
+
+
+def writable_config(config: str | os.PathLike | None) -> Path:
+    """The ``experiments.yaml`` a command that adds an experiment writes: ``config`` (a file, or
+    a folder holding one), else ``./experiments.yaml``; it may not exist yet. Never the packaged
+    copy: it belongs to the installation, and edits there would vanish with the next install."""
+    path = Path(config) if config is not None else Path.cwd() / CONFIG_FILE
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if os.path.lexists(path) and not path.is_file():
+        what = f"a symlink to {os.readlink(path)} that cannot be followed" if path.is_symlink() else "not a file"
+        raise ConfigError(f"{path}: {what}; fix it, remove it, or pass --config PATH")
+    if _is_packaged(path):
+        raise ConfigError(f"{path}: the packaged experiments.yaml is never edited; run from your project folder or pass --config PATH")
+    return path.absolute()
+
+
+def check_new_experiment(path: Path, name: str, force: bool = False) -> None:
+    """Refuse, before anything is written, an invalid experiment name, a name ``path`` already
+    holds (unless ``force``) and a file that :func:`add_experiment` could not extend."""
+    if not EXPERIMENT_NAME.fullmatch(name):
+        raise ConfigError(f"--experiment {name!r}: not a valid experiment name; allowed: {EXPERIMENT_NAME_ALLOWED}")
+    if not path.exists():
+        return
+    _, parsed = load_file(path)
+    if name in parsed.experiments and not force:
+        raise ConfigError(
+            f"{path}: experiments.{name}: already exists; choose another --experiment name or add --force to replace it"
+        )
+    _experiment_slot(path, path.read_text(encoding="utf-8"), name)
+
+
+def add_experiment(path: Path, name: str, settings: dict[str, Any], written_by: str, *, force: bool = False) -> None:
+    """Add experiment ``name`` (``settings``) to the experiments file ``path``, or replace it
+    with ``force``, under a comment line saying it was written by ``written_by`` and when.
+
+    Every other line stays as the user wrote it, comments included: the new block is inserted
+    as text at the end of the ``experiments:`` mapping (or where the replaced one was). A file
+    that does not exist starts as a copy of the packaged one, so ``demo`` and ``petals`` stay
+    available from this folder. The result is re-read and validated before it is renamed into
+    place over the old file (never half written).
+    """
+    check_new_experiment(path, name, force)
+    exists = path.exists()
+    text = (path if exists else _packaged_config()).read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    start, end, indent = _experiment_slot(path, text, name)
+    lines = text.splitlines(keepends=True)
+    # A new block is set off by a blank line; a replaced one keeps the spacing around it.
+    block = "\n" if start == end and start > 0 and lines[start - 1].strip() else ""
+    stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    block += " " * indent + "# " + " ".join(f"{_MARKER.format(name=name)}{written_by} on {stamp}".split()) + "\n"
+    dumped = yaml_dump({name: settings})
+    block += "".join(" " * indent + line for line in dumped.splitlines(keepends=True))
+    new_text = "".join(lines[:start]) + block + "".join(lines[end:])
+
+    # The text edit must have changed exactly this one experiment.
+    before = load_yaml(text, str(path))
+    after = load_yaml(new_text, str(path))
+    before["experiments"].pop(name, None)
+    added = after["experiments"].pop(name, None)
+    if added != settings or after != before:
+        raise ConfigError(f"{path}: cannot add experiment {name!r} without rewriting the file; add it by hand under experiments:")
+    try:  # the rest of the file was validated by check_new_experiment and is unchanged
+        ExperimentConfig.model_validate({**settings, "name": name})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc, prefix=f"experiments.{name}")) from None
+    _replace_file(path, new_text, exists)
+
+
+def yaml_dump(data: Any) -> str:
+    """Block-style YAML in insertion order, as flower-exp writes it for users to read."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+
+
+def _experiment_slot(path: Path, text: str, name: str) -> tuple[int, int, int]:
+    """``(first line, end line, indent)`` of where experiment ``name`` goes in ``text``: the lines
+    of its current block (leading marker comment included) to replace, or an empty range at the
+    end of the ``experiments:`` mapping; and the indentation of its keys."""
+    lines = text.splitlines(keepends=True)
+    # The text already passed the guarded loader (load_file); composing again only for positions.
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    experiments = None
+    if isinstance(root, yaml.MappingNode):
+        experiments = next((v for k, v in root.value if k.value == "experiments"), None)
+    if not isinstance(experiments, yaml.MappingNode) or experiments.flow_style:
+        raise ConfigError(
+            f"{path}: experiments: written in flow style ({{...}}); {name!r} can only be added to an indented "
+            "block of experiments; rewrite it in block style (one key per line)"
+        )
+    indent = experiments.value[0][0].start_mark.column if experiments.value else 2
+
+    def end_line(mark) -> int:
+        # A block ends where the next token starts (a following key, or the end of the file);
+        # a flow value or a scalar ends on its own line.
+        at_line_start = mark.line < len(lines) and not lines[mark.line][: mark.column].strip()
+        return mark.line if at_line_start or mark.line >= len(lines) else mark.line + 1
+
+    def back_over_comments(stop: int, floor: int) -> int:
+        # Comments and blank lines before the next key belong to it, not to this block.
+        while stop > floor and (not lines[stop - 1].strip() or lines[stop - 1].lstrip().startswith("#")):
+            stop -= 1
+        return stop
+
+    for key, value in experiments.value:
+        if key.value == name:
+            start = key.start_mark.line
+            if start > 0 and lines[start - 1].strip().startswith("# " + _MARKER.format(name=name)):
+                start -= 1
+            return start, back_over_comments(end_line(value.end_mark), key.start_mark.line + 1), indent
+    last_line = experiments.value[-1][0].start_mark.line + 1 if experiments.value else experiments.start_mark.line
+    at = back_over_comments(end_line(experiments.end_mark), last_line)
+    return at, at, indent
+
+
+def _packaged_config() -> Path:
+    return Path(str(resources.files("flower_exp") / "resources" / CONFIG_FILE))
+
+
+def _replace_file(path: Path, text: str, exists: bool) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    import secrets
+    import stat
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if exists:
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 # --------------------------------------------------------------------------- helpers

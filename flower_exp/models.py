@@ -242,6 +242,17 @@ def _load_local_weights(base: Any, path: str, spec: ModelSpec) -> None:
             ) from None
 
 
+def load_saved_weights(network: Any, path: str) -> None:
+    """Start ``network`` from the weights of a saved ``.keras`` model of the same configuration
+    (weights only: no code in the file is loaded)."""
+    with warnings.catch_warnings():  # per-layer warnings before a mismatch error: the line below says it
+        warnings.simplefilter("ignore")
+        try:
+            network.load_weights(path)
+        except Exception as exc:  # Keras raises ValueError/OSError/KeyError depending on what differs
+            raise FlowerExpError(f"{path}: cannot start from these weights ({_load_failure(exc)})") from None
+
+
 def _load_failure(exc: Exception) -> str:
     """The gist of a Keras load error: its first line plus, for a shape mismatch, which variable
     (Keras appends the variable's full value to the message)."""

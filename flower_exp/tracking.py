@@ -23,9 +23,14 @@ from typing import Any
 from .errors import FlowerExpError
 
 TAG_PREFIX = "flower_exp."
-TAG_STATE = TAG_PREFIX + "state"  # finished | failed | pruned | killed
+TAG_STATE = TAG_PREFIX + "state"  # finished | pruned | stopped | failed | killed (sweep parents: also running, incomplete)
 TAG_ERROR = TAG_PREFIX + "error"
-TAG_KIND = TAG_PREFIX + "kind"  # train | sweep | ensemble
+TAG_KIND = TAG_PREFIX + "kind"  # train | trial | sweep | refit | ensemble | export
+TAG_STUDY = TAG_PREFIX + "study"
+TAG_SUGGESTED = TAG_PREFIX + "suggested"  # a trial's suggested values, JSON in search-space order
+# A trial logs each searched value twice: under its own name among every setting, and under
+# this prefix, so that the MLflow UI lists the searched ones together (easy to pick as columns).
+SEARCH_PARAM_PREFIX = "search."
 MAX_PARAM_LENGTH = 6000
 # MLflow retries an unreachable server for ~2 minutes per call (7 retries, backoff factor 2);
 # a sweep makes several calls per epoch. flower-exp bounds that (~15 s per call) unless the
@@ -152,6 +157,18 @@ class Tracker:
         upload = self.client.log_artifacts if os.path.isdir(path) else self.client.log_artifact
         self._call(upload, run_id, path, artifact_path, where=lambda: self._artifact_location(run_id))
 
+    def download(self, run_id: str, artifact: str, folder: str) -> str:
+        """A run's artifact as a local file under ``folder``; one line if it is gone."""
+        os.makedirs(folder, exist_ok=True)
+        try:
+            return self.client.download_artifacts(run_id, artifact, folder)
+        except Exception as exc:  # MLflow raises MlflowException or OSError depending on the store
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise FlowerExpError(
+                f"run {run_id}: artifact {artifact} cannot be read ({reason}); its artifacts may have been deleted: "
+                "rerun it or leave it out (--study, --top)"
+            ) from None
+
     def _artifact_location(self, run_id: str) -> str:
         # An OSError names the file being copied; the user needs the folder that is full.
         try:
@@ -159,6 +176,10 @@ class Tracker:
         except Exception:  # noqa: BLE001 - only used to word an error
             return self.target.artifact_root or self.target.uri
         return uri.removeprefix("file://") if uri.startswith("file:///") else uri
+
+    def rename(self, run_id: str, name: str) -> None:
+        """Change a run's name (the MLflow UI's "Run Name"), also after it ended."""
+        self._call(self.client.update_run, run_id, name=name)
 
     def end(self, run_id: str, status: str) -> None:
         """Close a run with MLflow status FINISHED, FAILED or KILLED."""

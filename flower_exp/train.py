@@ -116,12 +116,15 @@ def run(
     on_run_start: Callable[[str], None] | None = None,
     deadline: Deadline | None = None,
     finish_reserve_s: float | None = None,
+    init_weights: str | None = None,
 ) -> RunResult:
     """Train ``exp`` once and log it to MLflow (``tracker``, else the project's default store).
 
     The run ends FINISHED (``flower_exp.state`` finished, pruned, or stopped when ``deadline``
     left no time for another epoch plus ``finish_reserve_s`` of finishing work), FAILED with
     the error as a tag (e.g. a NaN loss), or KILLED on Ctrl-C; a failed run never logs a model.
+    ``init_weights``: a saved ``.keras`` model of the same network to start from (weights only,
+    no code is loaded) instead of a fresh initialisation.
     """
     from .data import pipeline
     from .data.dataset import open_data
@@ -155,7 +158,7 @@ def run(
         stop = _StopAtDeadline(deadline, finish_reserve_s) if deadline is not None else None
         with pipeline.shard_errors_named(train_files, val_files, num_classes=len(data.class_names)), _freeing_run_memory():
             result, fit_end = _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say,
-                                     [*(callbacks or []), *([stop] if stop else [])], stop)
+                                     [*(callbacks or []), *([stop] if stop else [])], stop, init_weights)
     result.finish_s = time.time() - fit_end
     return result
 
@@ -215,7 +218,8 @@ def refit(
         return run_id
 
 
-def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks, stop) -> tuple[RunResult, float]:
+def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks, stop,
+           init_weights) -> tuple[RunResult, float]:
     """The run's body; returns its result and the ``time.time()`` at which training ended."""
     from ._imports import tensorflow
     from .data import pipeline
@@ -248,6 +252,10 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
         model, network = _compiled_model(cfg, acc, schedule, num_classes, prep)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise out_of_memory(cfg, exc) from None
+    if init_weights is not None:
+        from .models import load_saved_weights
+
+        load_saved_weights(network, init_weights)
 
     # --- train
     timer = _EpochTimer(steps * global_batch)
