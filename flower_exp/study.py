@@ -18,6 +18,7 @@ import math
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 import warnings
@@ -46,17 +47,36 @@ from .config import (
 from .budget import Deadline, check_minutes
 from .errors import ConfigError, DataError, FlowerExpError
 from .signals import exit_status, interrupt_once
-from .tracking import TAG_ERROR, TAG_KIND, TAG_PREFIX, TAG_STATE, RecordingFailed, Tracker, TrackingTarget, default_target, redact
+from .tracking import (
+    SEARCH_PARAM_PREFIX,
+    TAG_ERROR,
+    TAG_KIND,
+    TAG_PREFIX,
+    TAG_STATE,
+    TAG_STUDY,
+    TAG_SUGGESTED,
+    RecordingFailed,
+    Tracker,
+    TrackingTarget,
+    default_target,
+    redact,
+)
 
 TAG_SWEEP = TAG_PREFIX + "sweep"
-TAG_STUDY = TAG_PREFIX + "study"
 TAG_TRIAL = TAG_PREFIX + "trial_number"
+# The sweep parent's metrics carry the sweep_ prefix: a parent logging a trial's metric name
+# (best_val_macro_f1) would rank among its own trials in every runs table sorted by it.
+METRIC_SWEEP_BEST = "sweep_best_val_macro_f1"  # best so far, step = trial number
+METRIC_SWEEP_BEST_FINAL = METRIC_SWEEP_BEST + "_final"
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_RUN = "mlflow_run_id"
 ATTR_FAIL = "fail_reason"
 ATTR_ENQUEUED = "flower_exp_enqueued"
 ATTR_RETRY_OF = "retry_of_trial"
 ATTR_STOPPED_BY = "stopped_by"
+# A continuation (the end of a budgeted sweep with continue_best): the number of the trial whose
+# best epoch's weights it trains on from.
+ATTR_CONTINUES = "continues_trial"
 # A trial whose result could not be recorded (tracking server down, disk full): FAILED but not
 # counted against the budget, and queued again with the same params.
 ATTR_NOT_RECORDED = "recording_error"
@@ -585,6 +605,12 @@ def _worker_loop(
         if spec.budget is not None and spec.budget.left_s() < objective.shortest_trial_s:
             log(prefix + f"budget spent ({spec.budget.describe()}): no new trials")
             return
+        if objective.final_phase() and scored_trials(study):
+            source = _next_to_continue(study)
+            if source is None:
+                log(prefix + "continue_best: every trial with a model has been continued; no new trials")
+                return
+            study.enqueue_trial(dict(source.params), user_attrs={ATTR_CONTINUES: source.number})
         counts = _count(study)
         if counts["waiting"] == 0 and counts["finished"] + counts["running"] + counts["failed_counted"] >= spec.total_trials:
             if counts["running"] == 0 or counts["finished"] + counts["failed_counted"] >= spec.total_trials:
@@ -618,6 +644,7 @@ class _Objective:
         # no trial starts: one that cannot get that far would only add noise to the study.
         self.finish_reserve_s: float | None = None
         self.shortest_trial_s = 0.0
+        self.full_trial_s = 0.0  # the longest trial that ran all its epochs (for continue_best)
         self.judged_at_epoch = max(1, sweep_cfg.pruner.min_resource if sweep_cfg.pruner.name == "hyperband"
                                    else sweep_cfg.pruner.n_warmup_steps + 1 if sweep_cfg.pruner.name == "median" else 1)
 
@@ -673,6 +700,11 @@ class _Objective:
         cfg: ExperimentConfig = apply_values(
             self.exp.config, {**self.sweep_cfg.fixed, **values}, self.spec.sweep_path, f"trial {trial.number}"
         )
+        continues = trial.user_attrs.get(ATTR_CONTINUES)
+        if continues is not None:
+            # A warm restart of the trial's own schedule, from its best weights, at a lower peak.
+            cfg = apply_values(cfg, {"lr_max": cfg.lr_max * self.sweep_cfg.continue_best.lr_scale},
+                               self.spec.sweep_path, f"trial {trial.number}")
         trial_exp = resolve(cfg, Path(self.exp.config_path), os.environ)
         retried = trial.user_attrs.get(ATTR_RETRY_OF)
         tags = {
@@ -680,12 +712,16 @@ class _Objective:
             TAG_SWEEP: self.spec.study_name,
             TAG_STUDY: self.spec.study_name,
             TAG_TRIAL: str(trial.number),
-            TAG_PREFIX + "suggested": json.dumps(values, default=str),
+            TAG_SUGGESTED: json.dumps(values, default=str),
         }
         if retried is not None:
             tags[TAG_PREFIX + "retry_of_trial"] = str(retried)
+        if continues is not None:
+            source_run = trial.study.get_trials(deepcopy=False)[continues].user_attrs[ATTR_RUN]
+            tags.update({TAG_PREFIX + "continues_trial": str(continues), TAG_PREFIX + "continued_from_run": source_run})
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
-        self.log(f"trial {trial.number}: {shown}")
+        self.log(f"trial {trial.number}: continues trial {continues} from its best epoch, lr_max {_short(cfg.lr_max)}"
+                 if continues is not None else f"trial {trial.number}: {shown}")
         self.emit({"kind": "trial_start", "number": trial.number, "epochs": cfg.epochs})
         started = time.time()
         judged_s: list[float] = []  # seconds from the start to the pruner's first judgement
@@ -701,24 +737,32 @@ class _Objective:
                 event.update(budget_used_s=self.spec.budget.used_s(), budget_left_s=self.spec.budget.left_s())
             self.emit(event)
             trial.report(value, epoch)
-            if trial.should_prune():
+            # A continuation is ahead of fresh trials at every epoch: never judged against them.
+            if continues is None and trial.should_prune():
                 raise Pruned(epoch, value)
 
         def on_run(run_id: str) -> None:
             trial.set_user_attr(ATTR_RUN, run_id)
+            # Among ~55 params the searched ones would be hard to find in the MLflow UI.
+            self.tracker.log_params(run_id, {SEARCH_PARAM_PREFIX + k: v for k, v in values.items()})
 
-        result = run(
-            trial_exp,
-            tracker=self.tracker,
-            run_name=f"trial-{trial.number}",
-            parent_run_id=self.spec.parent_run_id,
-            tags=tags,
-            pruning_hook=report,
-            progress=None if self.spec.quiet else (lambda m: self.log(f"trial {trial.number}: {m}")),
-            on_run_start=on_run,
-            deadline=self.spec.budget,
-            finish_reserve_s=self.finish_reserve_s,
-        )
+        with tempfile.TemporaryDirectory(prefix="flower-exp-continue-") as tmp:
+            init_weights = None if continues is None else self.tracker.download(source_run, "model/model.keras", tmp)
+            result = run(
+                trial_exp,
+                tracker=self.tracker,
+                run_name=f"trial-{trial.number}",
+                parent_run_id=self.spec.parent_run_id,
+                tags=tags,
+                pruning_hook=report,
+                progress=None if self.spec.quiet else (lambda m: self.log(f"trial {trial.number}: {m}")),
+                on_run_start=on_run,
+                deadline=self.spec.budget,
+                finish_reserve_s=self.finish_reserve_s,
+                init_weights=init_weights,
+            )
+        if result.state == "finished" and continues is None:
+            self.full_trial_s = max(self.full_trial_s, time.time() - started)
         self.consecutive_failures = 0
         self._measured(result.finish_s, judged_s)
         trial.set_user_attr("best_epoch", result.best_epoch)
@@ -732,6 +776,16 @@ class _Objective:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
         return result.best_val_macro_f1
 
+    def final_phase(self) -> bool:
+        """With ``continue_best`` and a budget: the budget left is within its fraction, or too
+        short for a new trial to reach its first judgement before it. From then on the best
+        trials train on instead of new ones starting (see :func:`_next_to_continue`)."""
+        cont, budget = self.sweep_cfg.continue_best, self.spec.budget
+        if cont is None or budget is None:
+            return False
+        reserve = cont.budget_fraction * (budget.at - budget.started)
+        return budget.left_s() - self.shortest_trial_s < reserve
+
     def _measured(self, finish_s: float | None, judged_s: list[float]) -> None:
         if finish_s is not None:
             self.finish_reserve_s = max(self.finish_reserve_s or 0.0, finish_s)
@@ -739,7 +793,8 @@ class _Objective:
             self.shortest_trial_s = max(self.shortest_trial_s, judged_s[0] + (self.finish_reserve_s or 0.0))
 
     def after_trial(self, study, trial) -> None:
-        """Log the study's best value so far on the parent run (step = trial number)."""
+        """Mark the trial's run (Optuna state; see :func:`ended_run_name`) and log the study's
+        best value so far on the parent run (step = trial number)."""
         best = best_score(study)
         self.log(trial_line(trial, best))
         counts = _count(study)
@@ -749,8 +804,11 @@ class _Objective:
             run_id = trial.user_attrs.get(ATTR_RUN)
             if run_id:
                 self.tracker.set_tags(run_id, {TAG_PREFIX + "optuna_state": trial.state.name})
+                ended = ended_run_name(trial)
+                if ended is not None:
+                    self.tracker.rename(run_id, ended)
             if best is not None:
-                self.tracker.log_metrics(self.spec.parent_run_id, {"best_val_macro_f1": best}, step=trial.number)
+                self.tracker.log_metrics(self.spec.parent_run_id, {METRIC_SWEEP_BEST: best}, step=trial.number)
         except Exception as exc:  # the trial's result is safe in Optuna; MLflow can miss a point
             self.log(f"could not update MLflow after trial {trial.number}: {exc}")
 
@@ -873,7 +931,7 @@ def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callab
     scored = scored_trials(study)
     if scored:
         value, trial = scored[0]
-        metrics["best_val_macro_f1_final"] = value
+        metrics[METRIC_SWEEP_BEST_FINAL] = value
         tracker.set_tags(parent, {TAG_PREFIX + "best_trial": str(trial.number),
                                   TAG_PREFIX + "best_run_id": str(trial.user_attrs.get(ATTR_RUN, ""))})
     tracker.log_metrics(parent, metrics)
@@ -905,6 +963,20 @@ def trial_line(trial: Any, best: float | None) -> str:
     return f"trial {trial.number} {state}{value}; best so far {'-' if best is None else f'{best:.4f}'}"
 
 
+def ended_run_name(trial: Any) -> str | None:
+    """The new name of a PRUNED trial's run, ``trial-3 (pruned at 6)`` or ``trial-3 (stopped at
+    6)`` (by the budget; 6: epochs run); None for other states.
+
+    MLflow's status of such a run stays FINISHED (it saved a model), and the state tag is not a
+    column of the MLflow UI's runs table until chosen; the name is always shown."""
+    from optuna.trial import TrialState
+
+    if trial.state != TrialState.PRUNED:
+        return None
+    how = "stopped" if trial.user_attrs.get(ATTR_STOPPED_BY) == "budget" else "pruned"
+    return f"trial-{trial.number} ({how} at {trial.user_attrs.get('epochs_run', '?')})"
+
+
 def _trial_best(trial: Any) -> float:
     """The best epoch score a trial reported (a pruned trial's value is its last report)."""
     return max(trial.intermediate_values.values(), default=float("nan"))
@@ -932,16 +1004,28 @@ def scored_trials(study) -> list[tuple[float, Any]]:
     """(score, trial) of every trial that produced a model worth using, best first: COMPLETE
     trials by their value, and trials the budget stopped by their best epoch (Optuna keeps
     them PRUNED, whose value would be the last epoch's)."""
+    return scored(study.get_trials(deepcopy=False))
+
+
+def scored(trials: list[Any]) -> list[tuple[float, Any]]:
+    """:func:`scored_trials` of a list of Optuna ``FrozenTrial``s."""
     from optuna.trial import TrialState
 
-    scored = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    pairs = []
+    for t in trials:
         if t.state == TrialState.COMPLETE and t.value is not None:
-            scored.append((t.value, t))
+            pairs.append((t.value, t))
         elif t.user_attrs.get(ATTR_STOPPED_BY) == "budget" and t.intermediate_values:
-            scored.append((_trial_best(t), t))
-    scored.sort(key=lambda pair: pair[0], reverse=True)
-    return scored
+            pairs.append((_trial_best(t), t))
+    pairs.sort(key=lambda pair: pair[0], reverse=True)
+    return pairs
+
+
+def _next_to_continue(study) -> Any:
+    """The best scored trial (a continuation included: it trains on again) that has a model and
+    that no continuation has started from yet; None when there is none."""
+    claimed = {t.user_attrs.get(ATTR_CONTINUES) for t in study.get_trials(deepcopy=False)}
+    return next((t for _score, t in scored_trials(study) if t.number not in claimed and t.user_attrs.get(ATTR_RUN)), None)
 
 
 def best_score(study) -> float | None:
@@ -951,21 +1035,26 @@ def best_score(study) -> float | None:
 
 
 def top_trials(study, n: int) -> list[dict[str, Any]]:
-    """The ``n`` best trials of :func:`scored_trials`, best first."""
+    """The ``n`` best trials of :func:`scored_trials`, best first; ``state`` is ``complete`` or
+    ``stopped`` (by the budget)."""
     return [
         {"number": t.number, "value": value, "params": dict(t.params), "run_id": t.user_attrs.get(ATTR_RUN, ""),
-         "best_epoch": t.user_attrs.get("best_epoch"), "stopped_by": t.user_attrs.get(ATTR_STOPPED_BY)}
+         "best_epoch": t.user_attrs.get("best_epoch"), "stopped_by": t.user_attrs.get(ATTR_STOPPED_BY),
+         "state": "stopped" if t.user_attrs.get(ATTR_STOPPED_BY) == "budget" else "complete"}
         for value, t in scored_trials(study)[:n]
     ]
 
 
 def study_status(
     *, experiment: str | None = None, sweep: str | None = None, study_name: str | None = None,
-    storage: str | None = None, config: str | os.PathLike | None = None,
+    storage: str | None = None, config: str | os.PathLike | None = None, top: int = 5,
 ) -> dict[str, Any]:
-    """Trials by state, best value and params, best and parent MLflow runs (no TensorFlow)."""
+    """Trials by state, the ``top`` best trials (:func:`top_trials`; ``best`` is the first),
+    the parent MLflow run (no TensorFlow)."""
     import optuna
 
+    if top < 1:
+        raise FlowerExpError(f"--top {top}: must be >= 1")
     if study_name is not None:
         check_study_name(study_name)
     config_path = find_config(config)
@@ -984,11 +1073,13 @@ def study_status(
     study = optuna.load_study(study_name=study_name, storage=store)
     counts = _count(study)
     counts.pop("failed_counted")
+    top_list = top_trials(study, top)
     return {
         "study": study_name,
         "storage": redact(storage_url),
         "counts": counts,
-        "best": next(iter(top_trials(study, 1)), None),
+        "best": next(iter(top_list), None),
+        "top": top_list,
         "parent_run_id": study.user_attrs.get(ATTR_PARENT),
     }
 
