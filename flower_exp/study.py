@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from .config import (
     load_sweep,
     project_dir,
     resolve,
+    sweep_overrides,
 )
 from .budget import Deadline, check_minutes
 from .errors import ConfigError, DataError, FlowerExpError
@@ -109,6 +110,7 @@ class SweepSpec:
     quiet: bool = False
     budget: Deadline | None = None  # the sweep is over by then, the running trial included
     seed: int | None = None  # the sampler seed given to the sweep (None: the sweep file's)
+    overrides: tuple[str, ...] = ()  # the sweep's --set KEY=VALUE, applied in every worker
 
 
 @dataclass
@@ -431,6 +433,7 @@ def run_sweep(
     new: bool = False,
     force: bool = False,
     seed: int | None = None,
+    overrides: Sequence[str] = (),
     config: str | os.PathLike | None = None,
     quiet: bool = False,
     log: Callable[[str], None] = print,
@@ -444,7 +447,9 @@ def run_sweep(
     ``budget_min``: the sweep is over by then, the running trial stopped at an epoch boundary
     (kept as PRUNED with ``stopped_by: budget``, its best epoch saved). ``on_event`` receives
     progress events of in-process trials (``trial_start``, ``epoch``, ``trial_end``) for a live
-    display; ``log`` gets text lines.
+    display; ``log`` gets text lines. ``overrides`` are ``--set KEY=VALUE`` strings: parsed and
+    validated like ``train --set``, applied to the experiment and held fixed in every trial over
+    the sweep file's ``fixed`` (a searched key is refused); the parent run records them.
     """
     import optuna
 
@@ -460,9 +465,10 @@ def run_sweep(
         _refuse_in_memory_storage(storage)
     config_path = find_config(config)
     sweep_path = find_sweep_file(sweep, config_path)
+    overrides = tuple(overrides)
     sweep_cfg = load_sweep(sweep_path)
-    exp = load_experiment(experiment or sweep_cfg.experiment, config_path)
-    sweep_cfg = load_sweep(sweep_path, exp.config)  # now also checks keys and values against the experiment
+    exp = load_experiment(experiment or sweep_cfg.experiment, config_path, list(overrides))
+    sweep_cfg = _checked_sweep(sweep_path, exp, overrides)
     total = trials if trials is not None else sweep_cfg.trials
     if total < 1:
         raise FlowerExpError(f"--trials {total}: must be >= 1")
@@ -505,7 +511,7 @@ def run_sweep(
         study.set_user_attr(ATTR_ENQUEUED, True)
         study.set_user_attr("experiment", exp.name)
         study.set_user_attr("sweep_file", str(sweep_path))
-    parent = _parent_run(study, tracker, name, storage_url, sweep_cfg, total)
+    parent = _parent_run(study, tracker, name, storage_url, sweep_cfg, total, overrides)
     log(
         f"{'resuming' if resumed else 'starting'} study {name!r} ({redact(storage_url)}): "
         f"{_count(study)['finished']} of {total} trials done; MLflow parent run {parent}"
@@ -523,6 +529,7 @@ def run_sweep(
         quiet=quiet,
         budget=budget,
         seed=seed,
+        overrides=overrides,
     )
     with interrupt_once():
         try:
@@ -554,6 +561,13 @@ def run_sweep(
     )
 
 
+def _checked_sweep(sweep_path: str | Path, exp: ResolvedExperiment, overrides: Sequence[str]) -> SweepConfig:
+    """The sweep file checked key by key against ``exp`` (which has ``overrides`` applied), with
+    the ``--set`` values held fixed over the file's own ``fixed``."""
+    searched = load_sweep(sweep_path).params
+    return load_sweep(sweep_path, exp.config, fixed=sweep_overrides(exp.config, overrides, searched, sweep_path))
+
+
 def run_worker(
     spec: SweepSpec,
     *,
@@ -568,8 +582,8 @@ def run_worker(
     or the deadline passes. Safe to run in many processes against one storage."""
     import optuna
 
-    exp = exp or load_experiment(spec.experiment, spec.config_path)
-    sweep_cfg = sweep_cfg or load_sweep(spec.sweep_path, exp.config)
+    exp = exp or load_experiment(spec.experiment, spec.config_path, list(spec.overrides))
+    sweep_cfg = sweep_cfg or _checked_sweep(spec.sweep_path, exp, spec.overrides)
     tracker = tracker or Tracker(spec.tracking, exp.name)
     if study is None:
         on_stale = StaleTrialHandler(spec.tracking, exp.name, sweep_cfg.heartbeat.max_retry)
@@ -702,9 +716,10 @@ class _Objective:
         )
         continues = trial.user_attrs.get(ATTR_CONTINUES)
         if continues is not None:
-            # A warm restart of the trial's own schedule, from its best weights, at a lower peak.
-            cfg = apply_values(cfg, {"lr_max": cfg.lr_max * self.sweep_cfg.continue_best.lr_scale},
-                               self.spec.sweep_path, f"trial {trial.number}")
+            # A warm restart of the trial's own schedule, from its best weights, at a lower peak
+            # (full peak if the sweep file no longer has continue_best: a queued continuation).
+            scale = self.sweep_cfg.continue_best.lr_scale if self.sweep_cfg.continue_best else 1.0
+            cfg = apply_values(cfg, {"lr_max": cfg.lr_max * scale}, self.spec.sweep_path, f"trial {trial.number}")
         trial_exp = resolve(cfg, Path(self.exp.config_path), os.environ)
         retried = trial.user_attrs.get(ATTR_RETRY_OF)
         tags = {
@@ -757,7 +772,7 @@ class _Objective:
                 pruning_hook=report,
                 progress=None if self.spec.quiet else (lambda m: self.log(f"trial {trial.number}: {m}")),
                 on_run_start=on_run,
-                deadline=self.spec.budget,
+                deadline=self._deadline(trial, continues),
                 finish_reserve_s=self.finish_reserve_s,
                 init_weights=init_weights,
             )
@@ -776,15 +791,29 @@ class _Objective:
             raise optuna.TrialPruned(f"pruned at epoch {result.epochs_run}")
         return result.best_val_macro_f1
 
-    def final_phase(self) -> bool:
-        """With ``continue_best`` and a budget: the budget left is within its fraction, or too
-        short for a new trial to reach its first judgement before it. From then on the best
-        trials train on instead of new ones starting (see :func:`_next_to_continue`)."""
+    def _exploration_end(self) -> Deadline | None:
+        """With ``continue_best`` and a budget, when exploring ends: ``budget_fraction`` of the
+        budget before its deadline."""
         cont, budget = self.sweep_cfg.continue_best, self.spec.budget
         if cont is None or budget is None:
-            return False
-        reserve = cont.budget_fraction * (budget.at - budget.started)
-        return budget.left_s() - self.shortest_trial_s < reserve
+            return None
+        return Deadline(at=budget.at - cont.budget_fraction * (budget.at - budget.started), started=budget.started)
+
+    def final_phase(self) -> bool:
+        """Exploring has ended (see :meth:`_exploration_end`), or a new trial could not reach its
+        first judgement before it does. From then on the best trials train on instead of new
+        ones starting (see :func:`_next_to_continue`)."""
+        end = self._exploration_end()
+        return end is not None and end.left_s() < self.shortest_trial_s
+
+    def _deadline(self, trial, continues: int | None) -> Deadline | None:
+        """A continuation runs to the budget's deadline; an exploring trial only to the end of
+        exploration (stopped there, its best epoch kept: the final phase may continue it), once
+        some trial has a model to continue."""
+        end = self._exploration_end()
+        if continues is not None or end is None or not scored(trial.study.get_trials(deepcopy=False)):
+            return self.spec.budget
+        return end
 
     def _measured(self, finish_s: float | None, judged_s: list[float]) -> None:
         if finish_s is not None:
@@ -889,8 +918,11 @@ def _wait_for_parent(study, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def _parent_run(study, tracker: Tracker, name: str, storage_url: str, sweep_cfg: SweepConfig, total: int) -> str:
-    """The study's parent run: reused when it exists (resume), created otherwise."""
+def _parent_run(
+    study, tracker: Tracker, name: str, storage_url: str, sweep_cfg: SweepConfig, total: int, overrides: Sequence[str] = ()
+) -> str:
+    """The study's parent run: reused when it exists (resume), created otherwise; its params
+    record the search, the fixed settings (``--set`` included) and the ``--set`` as given."""
     run_id = study.user_attrs.get(ATTR_PARENT)
     if run_id is not None:
         try:
@@ -915,6 +947,7 @@ def _parent_run(study, tracker: Tracker, name: str, storage_url: str, sweep_cfg:
             "trials": total,
             "search_space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in sweep_cfg.params.items()}),
             "fixed": json.dumps(sweep_cfg.fixed, default=str),
+            "set": json.dumps(list(overrides)),
         },
     )
     study.set_user_attr(ATTR_PARENT, run_id)
