@@ -711,8 +711,11 @@ def report(args, budget_min: float) -> Path | None:
     wanted = len(args.seeds) * len(args.methods)
     done = sum(1 for m, seed in plan(args.seeds, args.methods) if run_path(args.work, m, seed).exists())
     if s["goal_met"] is None:
+        so_far = "; ".join(
+            f"{METHODS[m]} {common.median(r['test_accuracy'] for r in s['by_method'][m]):.4f} "
+            f"({len(s['by_method'][m])} seed{'s' if len(s['by_method'][m]) > 1 else ''})" for m in s["present"])
         measured = (f"{len(runs)} (method, seed) pairs done ({done} of the {wanted} planned); the goal is judged once "
-                    f"every method has {MIN_SEEDS} seeds")
+                    f"every method has {MIN_SEEDS} seeds. Test accuracy so far (median): {so_far}")
     else:
         measured = (f"test accuracy {s['med_acc'][FLOWER_EXP]:.4f} (flower-exp default) vs {s['med_acc'][s['rival']]:.4f} "
                     f"({METHODS[s['rival']]}, best other), median of {len(s['common_seeds'])} seeds at "
