@@ -873,9 +873,17 @@ def _run_processes(spec: SweepSpec, workers: int, log: Callable[[str], None]) ->
                 # trial through the heartbeat.
                 proc.kill()
         raise
-    failed = [p for p in procs if p.exitcode not in (0, None)]
+    killed = [p for p in procs if p.exitcode is not None and p.exitcode < 0]
+    if killed:  # its trial was retried by another worker (or is by the next sweep)
+        log(f"{len(killed)} worker(s) killed: {', '.join(f'{p.name} (signal {-p.exitcode})' for p in killed)}")
+    failed = [p for p in procs if p.exitcode is not None and p.exitcode > 0]
     if failed:
-        log(f"{len(failed)} worker(s) exited with an error: {', '.join(f'{p.name} ({p.exitcode})' for p in failed)}")
+        # A worker stopped by a bad configuration or damaged data must not leave a sweep that
+        # exits 0 (its own line, above, says why).
+        raise FlowerExpError(
+            f"{len(failed)} of {workers} worker(s) stopped with an error: "
+            f"{', '.join(f'{p.name} (exit {p.exitcode})' for p in failed)}; see their messages above"
+        )
 
 
 def _worker_main(spec: SweepSpec) -> None:
