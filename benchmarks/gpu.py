@@ -15,6 +15,7 @@ Needs no network: weights none, data generated locally.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -109,7 +110,7 @@ def forward_flops(name: str, image_size: int, num_classes: int) -> float:
     from flower_exp.models import create_model
 
     model = create_model(name, num_classes=num_classes, image_size=image_size, weights="none")
-    fn = tf.function(lambda x: model(x, training=False))
+    fn = tf.function(functools.partial(model, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3], tf.float32))
     frozen, _ = convert_variables_to_constants_v2_as_graph(concrete)
     options = tf.compat.v1.profiler.ProfileOptionBuilder(

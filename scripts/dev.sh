@@ -39,6 +39,8 @@ case "$cmd" in
     ;;
   test)
     install
+    # Seconds: undefined names and the like fail here before a 20-minute test run.
+    "$VENV/bin/ruff" check .
     "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

@@ -62,7 +62,7 @@ def test_run_with_device_preprocessing_saves_the_plain_network(project):
     assert result.best_val_macro_f1 == pytest.approx(macro_f1(stored["probs"], stored["labels"], 4), abs=1e-6)
     # The saved model is the network alone: normalised float input, as export and predict feed it.
     model = load_model(str(local / "model" / "model.keras"))
-    assert model.input_shape == (None, 32, 32, 3) and "device_preprocessing" not in [l.name for l in model.layers]
+    assert model.input_shape == (None, 32, 32, 3) and "device_preprocessing" not in [layer.name for layer in model.layers]
     val = make_dataset(str(Path(load_experiment(config=project).data_dir)), "val", image_size=32, batch_size=16,
                        normalization="unit")
     np.testing.assert_allclose(model.predict(val.map(lambda x, y: x), verbose=0), stored["probs"], atol=1e-4)
