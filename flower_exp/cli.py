@@ -193,24 +193,47 @@ def runs_command(
     experiment: ExperimentOpt = None,
     tracking_uri: TrackingOpt = None,
     top: Annotated[int, typer.Option("--top", "-n", help="How many runs to show.")] = 20,
+    study: Annotated[Optional[str], typer.Option(help="Only this study's trials, its searched parameters as columns.")] = None,
 ) -> None:
-    """Table of an experiment's runs, best validation macro-F1 first."""
+    """Table of an experiment's trained runs, best validation macro-F1 first, with the searched
+    parameters (sweep parents, ensembles and refits are not listed)."""
     from .config import project_dir
     from .runs import list_runs
     from .tracking import default_target
 
     exp = _experiment(experiment)
     target = default_target(project_dir(Path(exp.config_path)), tracking_uri)
-    rows = list_runs(target, exp.name, top)
-    if not rows:
-        out.print(f"no runs yet in experiment {exp.name!r}; start one with: flower-exp train -e {exp.name}")
-        return
-    table = Table(title=f"runs of {exp.name} (best val_macro_f1 first)")
-    for column in rows[0]:
-        table.add_column(column, justify="right" if column not in ("run", "name", "state", "architecture") else "left")
+    runs = list_runs(target, exp.name, top, study)
+    where = f"study {study}" if study else f"experiment {exp.name}"
+    if not runs.rows:
+        out.print(f"no trial runs yet in {where}" if study else
+                  f"no runs yet in {where}; start one with: flower-exp train -e {exp.name}")
+    else:
+        out.print(_table(f"runs of {where} (best val_macro_f1 first)", runs.columns, runs.rows))
+    if runs.parent_run_id:
+        out.print(f"MLflow parent run: {runs.parent_run_id}")
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    """A table of display strings: columns of numbers right-aligned, run ids never wrapped."""
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        if column in ("run", "MLflow run"):  # copied into other commands: whole, on one line
+            table.add_column(column, no_wrap=True, min_width=max((len(row[index]) for row in rows), default=0))
+            continue
+        numeric = all(_is_number(row[index]) for row in rows if row[index])
+        table.add_column(column, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    out.print(table)
+        table.add_row(*row)
+    return table
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager
@@ -304,17 +327,25 @@ def status_command(
     sweep: Annotated[Optional[str], typer.Option("--sweep", "-s", help="Sweep name or file (names the study).")] = None,
     study: Annotated[Optional[str], typer.Option(help="Study name (default: EXPERIMENT-SWEEP).")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default: the project's journal file).")] = None,
+    top: Annotated[int, typer.Option("--top", "-n", help="How many of the best trials to show.")] = 5,
 ) -> None:
-    """Summarise a study: trials by state, best value and params, MLflow runs (no TensorFlow)."""
+    """Summarise a study: trials by state, the best trials with their params and MLflow runs
+    (no TensorFlow)."""
     from .study import study_status
 
-    info = study_status(experiment=experiment, sweep=sweep, study_name=study, storage=storage, config=state.config)
+    info = study_status(experiment=experiment, sweep=sweep, study_name=study, storage=storage, config=state.config, top=top)
     counts = ", ".join(f"{v} {k}" for k, v in info["counts"].items() if k != "finished")
     out.print(f"study {info['study']} ({info['storage']}): {counts}")
     best = info["best"]
     if best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
         out.print(f"best: trial {best['number']} val_macro_f1 {best['value']:.4f} ({params}); MLflow run {best['run_id']}")
+        names = list(dict.fromkeys(name for row in info["top"] for name in row["params"]))
+        rows = [[str(row["number"]), row["state"], f"{row['value']:.4f}", str(row["best_epoch"] or ""),
+                 *(_fmt(row["params"][n]) if n in row["params"] else "" for n in names), row["run_id"]]
+                for row in info["top"]]
+        columns = ["trial", "state", "val_macro_f1", "best epoch", *names, "MLflow run"]
+        out.print(_table(f"top {len(rows)} trials (val_macro_f1)", columns, rows))
     out.print(f"MLflow parent run: {info['parent_run_id']}")
 
 

@@ -8,7 +8,8 @@ says what was skipped and why.
 Every plot is attempted on its own: a study too small for a plot (no completed trial yet, one
 trial for parameter importances) loses that plot, never the report.
 
-:func:`best_so_far` gives the stepped ``best_val_macro_f1`` series of the parent run.
+:func:`best_so_far` gives the stepped best-so-far series of COMPLETE trials (the parent run's
+``sweep_best_val_macro_f1`` also counts trials the budget stopped).
 
 Optuna, matplotlib and plotly are imported inside the functions: importing this module is
 free, so ``flower-exp --help`` stays instant.

@@ -84,8 +84,9 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     assert run.info.status == "FINISHED"
     assert run.data.tags["flower_exp.state"] == "stopped" and run.data.tags["flower_exp.stopped_by"] == "budget"
     assert run.data.metrics["stopped_at_epoch"] == first.user_attrs["epochs_run"]
+    assert run.info.run_name == f"trial-{first.number} (stopped at {first.user_attrs['epochs_run']})"
     parent = tracker.client.get_run(result.parent_run_id)
-    assert parent.data.metrics["best_val_macro_f1_final"] == result.best[0]["value"]
+    assert parent.data.metrics["sweep_best_val_macro_f1_final"] == result.best[0]["value"]
 
     best = run_best(study=result.study_name, top=1, export=str(project / "export"), config=project / "experiments.yaml",
                     log=lambda m: None)

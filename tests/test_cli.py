@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,16 +54,29 @@ def test_status_reads_a_study_without_tensorflow(tmp_path):
     study = optuna.create_study(study_name="demo-demo", storage=storage, direction="maximize")
     study.set_user_attr("mlflow_parent_run_id", "parent123")
     study.optimize(lambda t: t.suggest_float("lr_max", 1e-4, 1e-2, log=True), n_trials=3)
+    # Stopped by the budget: PRUNED, ranked by its best epoch (0.99), not its last report.
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, value=0.5, intermediate_values={1: 0.99, 2: 0.5},
+        params={"lr_max": 0.0012345}, distributions={"lr_max": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+        user_attrs={"stopped_by": "budget", "mlflow_run_id": "stoppedrun", "best_epoch": 1}))
     code = (
         "import sys\n"
-        "sys.argv = ['flower-exp', 'status']\n"
+        "sys.argv = ['flower-exp', 'status', '--top', '2']\n"
         "from flower_exp.cli import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
         "print('TF=' + str('tensorflow' in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "3 complete" in proc.stdout and "parent123" in proc.stdout and "best: trial" in proc.stdout
+    assert "3 complete, 1 pruned" in proc.stdout and "parent123" in proc.stdout
+    assert "best: trial 3 val_macro_f1 0.9900 (lr_max=0.00123); MLflow run stoppedrun" in proc.stdout
+    # The top trials as a table: the stopped one first, then the best complete one.
+    assert "top 2 trials (val_macro_f1)" in proc.stdout
+    cells = [[c.strip() for c in re.split(r"[│|]", line)[1:-1]] for line in proc.stdout.splitlines()]
+    rows = [row[:5] + row[-1:] for row in cells if row and row[0].isdigit()]
+    best = study.best_trial
+    assert rows == [["3", "stopped", "0.9900", "1", "0.00123", "stoppedrun"],
+                    [str(best.number), "complete", f"{best.value:.4f}", "", f"{best.params['lr_max']:.3g}", ""]]
     assert "TF=False" in proc.stdout
 
 

@@ -10,6 +10,7 @@ import yaml
 from conftest import REPO, assert_one_line_error
 from flower_exp.config import load_experiment, load_sweep
 from flower_exp.errors import FlowerExpError
+from flower_exp.runs import FIXED_COLUMNS, list_runs
 from flower_exp.study import run_sweep, study_status, suggest
 from flower_exp.tracking import Tracker, TrackingTarget
 
@@ -60,6 +61,8 @@ def test_sweep_logs_parent_and_children_and_resumes(project):
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["flower_exp.kind"] == "sweep" and parent.data.tags["flower_exp.study"] == "tiny-tiny"
     assert json.loads(parent.data.params["search_space"])["lr_max"]["log"] is True
+    # The parent's metrics never rank among its trials' (issue 15).
+    assert "best_val_macro_f1" not in parent.data.metrics and "sweep_best_val_macro_f1_final" in parent.data.metrics
     runs = children(tracker, result.parent_run_id)
     assert len(runs) == 2
     storage = optuna.storages.journal.JournalStorage(
@@ -75,7 +78,12 @@ def test_sweep_logs_parent_and_children_and_resumes(project):
         assert run.data.params["epochs"] == "2" and run.data.params["cnn_depth"] == "2"  # fixed
         assert run.data.tags["flower_exp.state"] in ("finished", "pruned")
         assert run.data.tags["flower_exp.optuna_state"] == trial.state.name
-    best_curve = tracker.client.get_metric_history(result.parent_run_id, "best_val_macro_f1")
+        # The searched values again, under one prefix; fixed settings are not searched.
+        assert {k: v for k, v in run.data.params.items() if k.startswith("search.")} == \
+            {f"search.{k}": run.data.params[k] for k in trial.params}
+        ended = f" (pruned at {trial.user_attrs['epochs_run']})" if trial.state.name == "PRUNED" else ""
+        assert run.info.run_name == f"trial-{trial.number}{ended}"
+    best_curve = tracker.client.get_metric_history(result.parent_run_id, "sweep_best_val_macro_f1")
     assert [m.step for m in best_curve] == sorted(m.step for m in best_curve) and best_curve
     assert best_curve[-1].value == pytest.approx(study.best_value)
     artifacts = {a.path for a in tracker.client.list_artifacts(result.parent_run_id, "optuna")}
@@ -88,9 +96,21 @@ def test_sweep_logs_parent_and_children_and_resumes(project):
     assert len(children(tracker, result.parent_run_id)) == 3
     assert len(tracker.client.search_runs([tracker.experiment_id], "tags.`flower_exp.kind` = 'sweep'")) == 1
 
-    status = study_status(sweep="tiny", config=project / "experiments.yaml")
+    status = study_status(sweep="tiny", config=project / "experiments.yaml", top=2)
     assert status["counts"]["complete"] + status["counts"]["pruned"] == 3
     assert status["parent_run_id"] == result.parent_run_id
+    assert 1 <= len(status["top"]) <= 2 and status["top"][0] == status["best"]
+    assert all(row["state"] == "complete" for row in status["top"])
+
+    # flower-exp runs --study: the study's trials only, its search space as columns, rounded.
+    table = list_runs(tracker.target, "tiny", study="tiny-tiny")
+    assert table.columns == [*FIXED_COLUMNS, "architecture", "cnn_width", "lr_max", "lr_rampup_epochs"]
+    assert table.parent_run_id == result.parent_run_id
+    by_run = {run.info.run_id[:8]: run for run in children(tracker, result.parent_run_id)}
+    assert sorted(row[0] for row in table.rows) == sorted(by_run)
+    for row in table.rows:
+        assert row[1] == by_run[row[0]].info.run_name
+        assert row[7] == f"{float(by_run[row[0]].data.params['lr_max']):.3g}"
 
     with pytest.raises(FlowerExpError, match="already exists .* rerun without --new"):
         sweep(project, trials=1, new=True)
@@ -183,3 +203,10 @@ def test_trial_line_says_where_a_pruned_trial_stopped():
     # Optuna's value of a pruned trial is its last report; the line must not pass it off as its score.
     assert trial_line(pruned, 0.5487) == "trial 1 pruned at epoch 4, last val_macro_f1 0.3695; best so far 0.5487"
     assert trial_line(failed, None) == "trial 2 fail; best so far -"
+
+    # The run of a pruned or stopped trial is renamed so the MLflow runs table shows it.
+    from flower_exp.study import ended_run_name
+
+    study.add_trial(optuna.trial.create_trial(value=0.4, state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4},
+                                              user_attrs={"epochs_run": 3, "stopped_by": "budget"}))
+    assert [ended_run_name(t) for t in study.trials] == [None, "trial-1 (pruned at 4)", None, "trial-3 (stopped at 3)"]
