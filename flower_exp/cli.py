@@ -9,6 +9,7 @@ stopped by SIGTERM or SIGHUP exits 128 + the signal (143, 129).
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -269,6 +270,14 @@ def sweep_command(
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: the sweep file's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per trial instead of per epoch.")] = False,
     budget: BudgetOpt = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set",
+            help="Fix a setting for every trial, KEY=VALUE, over the sweep file's `fixed` (as for train --set; "
+            "a key the sweep searches is refused). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) an Optuna sweep; every trial is an MLflow child run of one parent run."""
     from contextlib import nullcontext
@@ -295,6 +304,7 @@ def sweep_command(
             new=new,
             force=force,
             seed=seed,
+            overrides=set_ or [],
             config=state.config,
             quiet=quiet,
             log=lambda message: err.print(escape(message)),
@@ -511,6 +521,65 @@ def ui_command(
     os.execve(mlflow_bin, command, env)
 
 
+# --------------------------------------------------------------------------- models
+
+# What each normalization feeds the network (flower_exp.data.pipeline.normalize).
+_NORMALIZATION_MEANING = {
+    "unit": "unit (0-1)",
+    "raw": "raw (0-255)",
+    "torch": "torch (ImageNet mean/std)",
+    "tf": "tf (-1-1)",
+}
+
+
+@app.command("models")
+def models_command(
+    names: Annotated[
+        Optional[list[str]], typer.Argument(help="Only these architectures: names or patterns, e.g. 'efficientnet_b*'.")
+    ] = None,
+    params: Annotated[
+        bool,
+        typer.Option("--params", help="Also count each listed network's parameters (builds it without pretrained "
+                                      "weights: seconds for each large EfficientNet on a CPU)."),
+    ] = False,
+    image_size: Annotated[
+        Optional[int], typer.Option("--image-size", help="Build at this input size for the counts (implies --params; default 224).")
+    ] = None,
+    classes: Annotated[int, typer.Option("--classes", help="Classes of the softmax head counted with --params.")] = 104,
+) -> None:
+    """The registered architectures (`--set architecture=NAME`): family, the `weights` values each
+    accepts, the input normalization the data pipeline applies and, with --params, the parameter count."""
+    from .models import accepted_weights, select_models
+
+    specs = select_models(names or [])
+    count = params or image_size is not None
+    size = 224 if image_size is None else image_size
+    if count and size < 32:
+        raise FlowerExpError(f"--image-size {size}: must be at least 32 (the smallest input the pretrained families build at)")
+    if count and classes < 2:
+        raise FlowerExpError(f"--classes {classes}: must be at least 2")
+    columns = ["architecture", "family", "weights", "normalization"]
+    rows = [[s.name, s.family, ", ".join(accepted_weights(s)), _NORMALIZATION_MEANING.get(s.normalization, s.normalization)]
+            for s in specs]
+    if count:
+        from .models import count_params
+
+        columns.append(f"params ({size} px, {classes} classes)")
+        for spec, row in zip(specs, rows):
+            with err.status(f"building {spec.name}..."):
+                row.append(f"{count_params(spec.name, image_size=size, num_classes=classes):,}")
+    table = Table(title="registered architectures")
+    for column in columns:
+        table.add_column(column, justify="right" if column.startswith("params") else "left", no_wrap=column == "architecture")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print("weights: also a local weights file of the headless network; pretrained = the last one listed before it")
+    out.print("cnn: width and depth are the cnn_width / cnn_depth settings (counted at 32 and 4)" if count
+              else "parameter counts: flower-exp models NAME... --params [--image-size N]")
+    out.print("next: flower-exp train --set architecture=NAME --set weights=none   (or a sweep's params/fixed)")
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -635,34 +704,59 @@ def data_inspect(
 @data_app.command("import-folder")
 def data_import_folder(
     src: Annotated[Path, typer.Argument(help="Folder with one subfolder of images (JPEG/PNG) per class.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Output dataset root (competition layout).")],
-    sizes: Annotated[str, typer.Option(help="Comma-separated square sizes to write, e.g. 224,331.")] = "224",
+    experiment: Annotated[
+        Optional[str],
+        typer.Option(
+            "--experiment", "-e",
+            help="Also add experiment NAME reading the dataset to ./experiments.yaml (created if missing; "
+            "--config PATH for another), so `flower-exp sweep -e NAME` works right away.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Output dataset root (competition layout). Default with --experiment: data/NAME.")
+    ] = None,
+    sizes: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated square sizes to write, e.g. 224,331 (default: 224; with --experiment "
+                          "64,96,128,224: the CPU sweep's sizes, and 224 for pretrained networks)."),
+    ] = None,
     val: Annotated[float, typer.Option(help="Validation fraction per class.")] = 0.15,
     test: Annotated[float, typer.Option(help="Test fraction per class (0: no test split).")] = 0.15,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     shards: Annotated[int, typer.Option(help="Shards per split.")] = 8,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = 40_000_000,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset at --out.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing dataset at --out (and, with --experiment, an experiment of that name).")
+    ] = False,
 ) -> None:
-    """Convert class-per-subfolder images into the competition TFRecord layout."""
-    from .data.importer import import_folder
-
+    """Convert class-per-subfolder images into the competition TFRecord layout (and, with
+    --experiment, into a ready-to-sweep experiment)."""
     from rich.progress import Progress
 
+    from .data.importer import import_experiment, import_folder
+
+    if out_dir is None and experiment is None:
+        raise FlowerExpError("give --experiment NAME (dataset in data/NAME, experiment added to experiments.yaml) or --out DIR")
+    size_list = _int_list(sizes, "--sizes") if sizes else None
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("importing images", total=None)
-        report = import_folder(
-            str(src),
-            str(out_dir),
-            sizes=_int_list(sizes, "--sizes"),
+        options = dict(
             val_fraction=val,
             test_fraction=test,
             seed=seed,
             shards=shards,
             max_pixels=max_pixels,
-            force=force,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+        if size_list:  # else each function's own default sizes
+            options["sizes"] = size_list
+        if experiment is not None:
+            added = import_experiment(
+                str(src), experiment, config=state.config, out=str(out_dir) if out_dir else None, force=force, **options
+            )
+            report = added.report
+        else:
+            report = import_folder(str(src), str(out_dir), force=force, **options)
     for item in report.skipped:
         err.print(f"[yellow]skipped[/yellow] {escape(str(item))}")
     for item in report.duplicates:
@@ -672,6 +766,14 @@ def data_import_folder(
         f"wrote {report.out}: {len(report.classes)} classes, sizes {report.sizes}, {counts}; "
         f"{len(report.skipped)} skipped, {len(report.duplicates)} duplicates"
     )
+    if experiment is None:
+        out.print(f"next: flower-exp data inspect {shlex.quote(report.out)}")
+        return
+    settings = ", ".join(f"{k}={v}" for k, v in added.settings.items() if k != "description")
+    out.print(f"added experiment {added.name!r} to {added.config_path} ({settings})")
+    # A config file other than ./experiments.yaml must be named again in the next commands.
+    config = "" if added.config_path == Path.cwd() / "experiments.yaml" else f"--config {shlex.quote(str(added.config_path))} "
+    out.print(f"next: flower-exp {config}sweep -e {added.name} -s cpu --budget 30m")
 
 
 @data_app.command("check-leakage")

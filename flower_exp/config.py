@@ -13,6 +13,8 @@ import math
 import os
 import re
 import reprlib
+import secrets
+import stat
 from collections.abc import Sequence
 from datetime import datetime
 from importlib import resources
@@ -647,19 +649,22 @@ def load_experiment(
     if overrides:
         declared = exp
         exp = apply_overrides(exp, overrides, config_path, prefix=f"experiments.{name}")
-        exp = _generated_only_where_declared(declared, exp, overrides)
+        exp = _generated_only_where_declared(declared, exp, overrides, project_dir(config_path))
     return resolve(exp, config_path, os.environ if env is None else env)
 
 
 def _generated_only_where_declared(
-    declared: ExperimentConfig, exp: ExperimentConfig, overrides: list[str]
+    declared: ExperimentConfig, exp: ExperimentConfig, overrides: list[str], base: Path
 ) -> ExperimentConfig:
     """A ``generate:`` recipe belongs to the folder the file declares it for. ``--set
     data_dir=X`` on a generated experiment reads X as existing data: a mistyped path must not
     fill up with synthetic images, nor a real dataset trip over the demo recipe check. Only
     ``--set generate...`` in the same command declares a recipe for X."""
     keys = {_override_key(item).split(".")[0] for item in overrides}
-    if exp.generate is not None and exp.data_dir != declared.data_dir and "generate" not in keys:
+    moved = exp.data_dir != declared.data_dir and (
+        exp.data_dir is None or declared.data_dir is None or _abs(exp.data_dir, base) != _abs(declared.data_dir, base)
+    )
+    if exp.generate is not None and moved and "generate" not in keys:
         return exp.model_copy(update={"generate": None})
     return exp
 
@@ -818,14 +823,15 @@ def check_new_experiment(path: Path, name: str, force: bool = False) -> None:
     holds (unless ``force``) and a file that :func:`add_experiment` could not extend."""
     if not EXPERIMENT_NAME.fullmatch(name):
         raise ConfigError(f"--experiment {name!r}: not a valid experiment name; allowed: {EXPERIMENT_NAME_ALLOWED}")
-    if not path.exists():
-        return
-    _, parsed = load_file(path)
+    base = _base_file(path)
+    _, parsed = load_file(base)
     if name in parsed.experiments and not force:
+        inherited = "" if base == path else " (in the packaged experiments.yaml this new file starts as a copy of)"
         raise ConfigError(
-            f"{path}: experiments.{name}: already exists; choose another --experiment name or add --force to replace it"
+            f"{path}: experiments.{name}: already exists{inherited}; choose another --experiment name or add --force "
+            "to replace it"
         )
-    _experiment_slot(path, path.read_text(encoding="utf-8"), name)
+    _experiment_slot(path, base.read_text(encoding="utf-8"), name)
 
 
 def add_experiment(path: Path, name: str, settings: dict[str, Any], written_by: str, *, force: bool = False) -> None:
@@ -840,7 +846,7 @@ def add_experiment(path: Path, name: str, settings: dict[str, Any], written_by: 
     """
     check_new_experiment(path, name, force)
     exists = path.exists()
-    text = (path if exists else _packaged_config()).read_text(encoding="utf-8")
+    text = _base_file(path).read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
         text += "\n"
     start, end, indent = _experiment_slot(path, text, name)
@@ -887,7 +893,7 @@ def _experiment_slot(path: Path, text: str, name: str) -> tuple[int, int, int]:
             f"{path}: experiments: written in flow style ({{...}}); {name!r} can only be added to an indented "
             "block of experiments; rewrite it in block style (one key per line)"
         )
-    indent = experiments.value[0][0].start_mark.column if experiments.value else 2
+    indent = experiments.value[0][0].start_mark.column  # a block mapping has at least one key
 
     def end_line(mark) -> int:
         # A block ends where the next token starts (a following key, or the end of the file);
@@ -907,8 +913,7 @@ def _experiment_slot(path: Path, text: str, name: str) -> tuple[int, int, int]:
             if start > 0 and lines[start - 1].strip().startswith("# " + _MARKER.format(name=name)):
                 start -= 1
             return start, back_over_comments(end_line(value.end_mark), key.start_mark.line + 1), indent
-    last_line = experiments.value[-1][0].start_mark.line + 1 if experiments.value else experiments.start_mark.line
-    at = back_over_comments(end_line(experiments.end_mark), last_line)
+    at = back_over_comments(end_line(experiments.end_mark), experiments.value[-1][0].start_mark.line + 1)
     return at, at, indent
 
 
@@ -916,11 +921,13 @@ def _packaged_config() -> Path:
     return Path(str(resources.files("flower_exp") / "resources" / CONFIG_FILE))
 
 
+def _base_file(path: Path) -> Path:
+    """What a new experiment is added to: ``path``, or the packaged file it starts as a copy of."""
+    return path if path.exists() else _packaged_config()
+
+
 def _replace_file(path: Path, text: str, exists: bool) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    import secrets
-    import stat
-
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:

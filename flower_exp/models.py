@@ -9,10 +9,11 @@ as the seed fine-tuned all layers.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,34 @@ def get_spec(name: str) -> ModelSpec:
         return _REGISTRY[name]
     except KeyError:
         raise FlowerExpError(f"architecture {name!r}: unknown; allowed: {', '.join(_REGISTRY)}") from None
+
+
+def select_models(patterns: Sequence[str] = ()) -> list[ModelSpec]:
+    """Registered architectures matching any of ``patterns`` (names or shell patterns such as
+    ``efficientnet_b*``), in registry order; all of them without patterns. A pattern that
+    matches nothing fails with the registered names."""
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in _REGISTRY):
+            raise FlowerExpError(f"architecture {pattern!r}: matches no registered one; allowed: {', '.join(_REGISTRY)}")
+    return [spec for name, spec in _REGISTRY.items() if not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def accepted_weights(spec: ModelSpec) -> list[str]:
+    """The named ``weights`` values ``spec`` accepts (see :func:`create_model`); every
+    architecture also takes a local weights file of its headless network."""
+    return ["none", *spec.pretrained, "pretrained"] if spec.pretrained else ["none"]
+
+
+def count_params(name: str, *, image_size: int, num_classes: int) -> int:
+    """Parameters of ``name`` built at ``image_size`` px with a ``num_classes`` head and no
+    pretrained weights (the ``cnn`` with its default width and depth). Seconds for the large
+    EfficientNets on a CPU: the whole network is built."""
+    keras = _keras()
+    model = create_model(name, num_classes=num_classes, image_size=image_size, weights="none")
+    count = int(model.count_params())
+    del model
+    keras.backend.clear_session()  # many networks built in a row would otherwise pile up
+    return count
 
 
 def normalization_for(name: str) -> str:

@@ -18,7 +18,8 @@ HEAVY = ("tensorflow", "keras", "mlflow", "optuna")
     "argv",
     [["--help"], ["data", "--help"], ["config", "--help"], ["data", "inspect", "--help"], ["data", "demo", "--help"],
      ["data", "import-folder", "--help"], ["data", "check-leakage", "--help"], ["config", "show", "--help"], ["--version"],
-     ["train", "--help"], ["sweep", "--help"], ["status", "--help"], ["runs", "--help"], ["ui", "--help"]],
+     ["train", "--help"], ["sweep", "--help"], ["status", "--help"], ["runs", "--help"], ["ui", "--help"],
+     ["models", "--help"], ["models"]],
 )
 def test_help_does_not_import_heavy_libraries(argv):
     code = (
@@ -117,3 +118,61 @@ def test_help_shows_flags_without_a_value_type():
     assert "--allow-leakage" in result.stdout and "--quiet" in result.stdout
     assert "<bool>" not in result.stdout
     assert "<int>" in result.stdout  # options that take a value still show its type
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_models_lists_the_registry_and_counts_parameters_on_request(cli):
+    from flower_exp.models import list_models
+
+    listed = cli("models")
+    assert listed.returncode == 0, listed.stderr
+    for name in list_models():
+        assert f" {name} " in listed.stdout
+    assert "params (" not in listed.stdout and "noisy-student" in listed.stdout
+    counted = cli("models", "cnn", "efficientnet_ns_b0", "--image-size", "64", "--classes", "5")
+    assert counted.returncode == 0, counted.stderr
+    rows = {line.split()[1]: line for line in counted.stdout.splitlines() if line.startswith("│ ")}
+    assert sorted(rows) == ["cnn", "efficientnet_ns_b0"]
+    cnn = re.search(r"([\d,]+) │$", rows["cnn"])
+    # Four blocks of two 3x3 convolutions (no bias) with batch norm, widening 32 -> 256, a 5-class head.
+    assert cnn and int(cnn[1].replace(",", "")) == _cnn_params(32, 4, classes=5)
+
+
+def _cnn_params(width: int, depth: int, classes: int) -> int:
+    total, channels = 0, 3
+    for block in range(depth):
+        filters = width * 2 ** min(block, 4)
+        total += 9 * channels * filters + 4 * filters + 9 * filters * filters + 4 * filters
+        channels = filters
+    return total + channels * classes + classes
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["resnet*"], "architecture 'resnet*': matches no registered one; allowed: cnn, densenet121"),
+     (["cnn", "--image-size", "16"], "--image-size 16: must be at least 32"),
+     (["cnn", "--params", "--classes", "1"], "--classes 1: must be at least 2")],
+)
+def test_models_errors(cli, args, fragment):
+    assert_one_line_error(cli("models", *args), fragment)
+
+
+# --------------------------------------------------------------------------- sweep --set
+
+
+@pytest.mark.parametrize("item", ["image_size=big", "nokey=1", "novalue", "augment.flipp=true", "epochs=0"])
+def test_sweep_set_is_validated_exactly_like_train_set(cli, tmp_path, item):
+    trained = cli("train", "--set", item)
+    swept = cli("sweep", "--set", item)
+    assert_one_line_error(trained, "--set")
+    assert_one_line_error(swept, "--set")
+    assert swept.stderr == trained.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data, no mlruns
+
+
+def test_sweep_set_refuses_a_searched_key_before_anything_is_written(cli, tmp_path):
+    result = cli("sweep", "-s", "cpu", "--set", "epochs=2", "--set", "image_size=64")
+    assert_one_line_error(result, "--set image_size: ", "cpu.yaml: params.image_size searches it")
+    assert list(tmp_path.iterdir()) == []

@@ -55,9 +55,6 @@ def test_data_dir_from_gcs_ds_path_and_builtin_classes(project):
     assert exp.data_dir == "gs://bucket/flowers"
     assert len(exp.class_names) == 104
     assert exp.class_names[0] == "pink primrose"
-    shipped = (REPO.parent / "shared" / "data" / "petals-classes.txt")
-    if shipped.exists():
-        assert exp.class_names == [l.strip() for l in shipped.read_text().splitlines() if l.strip()]
 
 
 def test_overrides_apply_nested_and_revalidate(project):
@@ -369,3 +366,136 @@ def test_broken_experiments_yaml_symlink_is_an_error_not_the_packaged_config(cli
         link.symlink_to(link)
     result = cli("config", "show", cwd=tmp_path)
     assert_one_line_error(result, f"{link}: a symlink to ", "that cannot be followed; fix it, remove it, or pass --config PATH")
+
+
+# ----------------------------------------------------------------- generated data only where declared
+
+
+def test_set_data_dir_on_a_generated_experiment_never_generates_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the packaged config: demo declares generate for data/demo
+    typo = tmp_path / "dta" / "mine"
+    with pytest.raises(ConfigError) as exc:
+        load_experiment("demo", overrides=[f"data_dir={typo}"])
+    assert f"experiments.demo.data_dir: {typo} does not exist (experiment 'demo' reads" in str(exc.value)
+    assert not (tmp_path / "dta").exists()
+
+    (tmp_path / "mine").mkdir()
+    reused = load_experiment("demo", overrides=[f"data_dir={tmp_path / 'mine'}"])
+    assert reused.config.generate is None and reused.data_dir == str(tmp_path / "mine")
+    declared = load_experiment("demo", overrides=[f"data_dir={typo}", "generate.classes=3"])
+    assert declared.config.generate.classes == 3  # a recipe set in the same command declares it there
+    assert load_experiment("demo", overrides=["image_size=32"]).config.generate is not None
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["train"]])
+def test_missing_data_dir_set_on_the_command_line_exits_2_naming_it(cli, tmp_path, command):
+    missing = tmp_path / "nonexistent"
+    result = cli(*command, "--set", f"data_dir={missing}", cwd=tmp_path)
+    assert_one_line_error(result, f"experiments.demo.data_dir: {missing} does not exist", "import-folder")
+    assert not missing.exists() and not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------- writing experiments.yaml
+
+SETTINGS = {"description": "photos", "data_dir": "data/mine", "image_size": 96, "batch_size_per_replica": 32,
+            "shuffle_buffer": 25}
+COMMENTED = """# my project
+default: mine   # the one I use
+experiments:
+  # my first experiment
+  mine:
+    data_dir: data
+    classes: [a, b, c]   # three
+
+  # the remote one
+  remote:
+    classes_file: builtin:petals
+# after the experiments
+"""
+
+
+def test_add_experiment_keeps_every_line_and_comment(tmp_path):
+    from flower_exp.config import add_experiment, load_file
+
+    path = write_config(tmp_path, COMMENTED)
+    add_experiment(path, "photos", SETTINGS, "flower-exp data import-folder from /x/my\nphotos")
+    text = path.read_text()
+    lines = text.splitlines()
+    kept = iter(lines)
+    assert all(line in kept for line in COMMENTED.splitlines()), text  # every old line, in order
+    marker = next(i for i, line in enumerate(lines) if line.startswith("  # photos: written by "))
+    assert "flower-exp data import-folder from /x/my photos on " in lines[marker]
+    assert lines[marker + 1] == "  photos:" and lines[-1] == "# after the experiments"
+    _, parsed = load_file(path)
+    assert list(parsed.experiments) == ["mine", "remote", "photos"]
+    assert parsed.experiments["photos"].model_dump(include=set(SETTINGS)) == SETTINGS
+    assert [p.name for p in tmp_path.iterdir()] == ["experiments.yaml"]  # no temp file left behind
+
+
+def test_add_experiment_refuses_a_taken_name_unless_force_and_replaces_only_that_block(tmp_path):
+    from flower_exp.config import add_experiment, load_file
+
+    path = write_config(tmp_path, COMMENTED)
+    with pytest.raises(ConfigError, match=r"experiments\.mine: already exists; choose another --experiment name or add --force"):
+        add_experiment(path, "mine", SETTINGS, "test")
+    assert path.read_text() == COMMENTED
+    add_experiment(path, "photos", SETTINGS, "test")
+    add_experiment(path, "photos", {**SETTINGS, "image_size": 64}, "test again", force=True)
+    add_experiment(path, "mine", SETTINGS, "test", force=True)
+    text = path.read_text()
+    assert text.count("\n  photos:\n") == 1 and text.count("# photos: written by") == 1 and "test again" in text
+    assert "# the remote one" in text and "# my first experiment" in text and "three" not in text
+    _, parsed = load_file(path)
+    assert parsed.experiments["photos"].image_size == 64 and parsed.experiments["mine"].data_dir == "data/mine"
+    assert list(parsed.experiments) == ["mine", "remote", "photos"]
+
+
+def test_new_experiments_yaml_starts_from_the_packaged_one(tmp_path, monkeypatch):
+    from flower_exp.config import add_experiment, load_file, writable_config
+
+    monkeypatch.chdir(tmp_path)
+    path = writable_config(None)
+    assert path == tmp_path / "experiments.yaml" and not path.exists()
+    add_experiment(path, "photos", SETTINGS, "test")
+    _, parsed = load_file(path)
+    assert list(parsed.experiments) == ["demo", "petals", "photos"] and parsed.default == "demo"
+
+
+def test_packaged_or_flow_style_experiments_yaml_is_not_edited(tmp_path):
+    from flower_exp.config import add_experiment, check_new_experiment, writable_config
+
+    packaged = REPO / "flower_exp" / "resources" / "experiments.yaml"
+    with pytest.raises(ConfigError, match="the packaged experiments.yaml is never edited"):
+        writable_config(packaged)
+    flow = write_config(tmp_path, "experiments: {a: {data_dir: .}}\n")
+    with pytest.raises(ConfigError, match=r"experiments: written in flow style"):
+        add_experiment(flow, "b", SETTINGS, "test")
+    assert flow.read_text() == "experiments: {a: {data_dir: .}}\n"
+    for name in ("my photos", "-x", "a.b", "", "x" * 61, "naïve"):
+        with pytest.raises(ConfigError, match="not a valid experiment name"):
+            check_new_experiment(flow, name)
+
+
+# ----------------------------------------------------------------- sweep --set
+
+
+def test_sweep_overrides_are_typed_fixed_settings_and_never_a_searched_key(project):
+    from flower_exp.config import ParamSpec, sweep_overrides
+
+    overrides = ["epochs=2", "augment.flip=false", "lr_max=1e-3", f"data_dir={project / 'data'}"]
+    exp = load_experiment(config=project / "experiments.yaml", overrides=overrides)
+    params = {"dropout": ParamSpec(low=0.0, high=0.5)}
+    assert sweep_overrides(exp.config, overrides, params, "s.yaml") == {"epochs": 2, "augment.flip": False, "lr_max": 1e-3}
+    with pytest.raises(ConfigError) as exc:
+        sweep_overrides(exp.config, ["dropout=0.1"], params, "s.yaml")
+    assert str(exc.value).startswith("--set dropout: s.yaml: params.dropout searches it; drop --set dropout")
+    with pytest.raises(ConfigError, match=r"--set augment: s.yaml: params.augment.flip searches it"):
+        sweep_overrides(exp.config, ["augment={flip: true}"], {"augment.flip": ParamSpec(choices=[True, False])}, "s.yaml")
+
+
+def test_load_sweep_applies_fixed_over_the_files_fixed(tmp_path, project):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("params: {dropout: {low: 0.0, high: 0.5}}\nfixed: {epochs: 15, cnn_depth: 3}\n")
+    exp = load_experiment(config=project / "experiments.yaml")
+    loaded = load_sweep(sweep, exp.config, fixed={"epochs": 2})
+    assert loaded.fixed == {"epochs": 2, "cnn_depth": 3}

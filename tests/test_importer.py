@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from flower_exp.data import records
 from flower_exp.data.importer import assign_ids, import_folder, split_counts
-from flower_exp.errors import DataError
+from flower_exp.errors import ConfigError, DataError
 
 CLASSES = ["daisy", "rose", "tulip"]
 PER_CLASS = 7
@@ -350,3 +350,28 @@ def test_too_few_images_for_splits(tmp_path):
         save(make_image(ord(c)), src / c / "only.jpg")
     with pytest.raises(DataError, match="too few for a val split"):
         import_folder(str(src), str(tmp_path / "out"), sizes=(32,))
+
+
+def test_import_experiment_adds_a_ready_experiment_and_replaces_it_only_with_force(src, tmp_path, monkeypatch):
+    from flower_exp.config import load_experiment
+    from flower_exp.data.importer import import_experiment
+
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    added = import_experiment(str(src), "mine", sizes=[32], shards=1)
+    assert added.config_path == project / "experiments.yaml"
+    assert added.settings == {"description": "3 classes of photos imported by flower-exp data import-folder",
+                              "data_dir": "data/mine", "image_size": 32, "batch_size_per_replica": 32,
+                              "shuffle_buffer": added.report.counts["train"]}
+    exp = load_experiment("mine")
+    assert exp.data_dir == str(project / "data" / "mine") and exp.config.generate is None
+    assert (project / "data" / "mine" / "classes.txt").read_text().split() == CLASSES
+
+    with pytest.raises(ConfigError, match="experiments.mine: already exists"):
+        import_experiment(str(src), "mine", sizes=[32], shards=1, out=str(tmp_path / "elsewhere"))
+    assert not (tmp_path / "elsewhere").exists()  # refused before importing anything
+    again = import_experiment(str(src), "mine", sizes=[32, 48], shards=1, force=True)
+    text = (project / "experiments.yaml").read_text()
+    assert text.count("\n  mine:\n") == 1 and text.count("# mine: written by flower-exp data import-folder") == 1
+    assert again.report.sizes == [32, 48] and load_experiment("mine").config.image_size == 48

@@ -1,4 +1,5 @@
-"""Image folders → competition TFRecords (``flower-exp data import-folder SRC --out DIR``).
+"""Image folders → competition TFRecords (``flower-exp data import-folder SRC --out DIR``), and
+as a new experiment of the project (``--experiment NAME``: :func:`import_experiment`).
 
 ``SRC`` holds one subfolder per class (class names are the sorted folder names) with
 ``.jpg`` / ``.jpeg`` / ``.png`` images. Every image is center-cropped to a square, resized to
@@ -161,6 +162,77 @@ def import_folder(
     return ImportReport(
         out=str(out_path), classes=classes, sizes=sizes, counts=counts, skipped=skipped, duplicates=duplicates
     )
+
+
+# --------------------------------------------------------------------------- as an experiment
+
+# What `import-folder --experiment` writes by default: the sizes sweeps/cpu.yaml searches
+# (each trial then reads its own size instead of resizing a larger one every epoch), plus 224
+# px, the usual input of pretrained networks.
+EXPERIMENT_SIZES = (64, 96, 128, 224)
+# The experiment's own image_size (what `train -e NAME` uses; cpu.yaml searches its own) is
+# that of cpu.yaml's first, enqueued configuration, and its batch size a CPU's usual one.
+EXPERIMENT_IMAGE_SIZE = 96
+EXPERIMENT_BATCH_SIZE = 32
+MAX_SHUFFLE_BUFFER = 2048
+
+
+@dataclass(frozen=True)
+class ExperimentImport:
+    """What :func:`import_experiment` wrote: the dataset and the experiment pointing at it."""
+
+    report: ImportReport
+    name: str
+    config_path: Path
+    settings: dict[str, Any]
+
+
+def import_experiment(
+    src: str,
+    name: str,
+    *,
+    config: str | os.PathLike | None = None,
+    out: str | None = None,
+    sizes: Sequence[int] | None = None,
+    force: bool = False,
+    **options: Any,
+) -> ExperimentImport:
+    """:func:`import_folder`, then add experiment ``name`` reading the new dataset to the
+    project's ``experiments.yaml`` (``config``, else ``./experiments.yaml``, created if missing),
+    so that ``flower-exp sweep -e NAME`` works without editing a file.
+
+    ``out`` defaults to ``data/NAME`` beside the config file and ``sizes`` to
+    :data:`EXPERIMENT_SIZES`; ``options`` are :func:`import_folder`'s. The name, the config file
+    and an existing experiment of that name (refused unless ``force``) are checked before
+    anything is written; ``force`` also replaces an existing dataset at ``out``.
+    """
+    from ..config import add_experiment, check_new_experiment, writable_config
+
+    config_path = writable_config(config)
+    check_new_experiment(config_path, name, force)
+    target = out if out is not None else str(config_path.parent / "data" / name)
+    report = import_folder(src, target, sizes=sizes or EXPERIMENT_SIZES, force=force, **options)
+    settings = experiment_settings(report, config_path.parent)
+    add_experiment(config_path, name, settings, f"flower-exp data import-folder from {src}", force=force)
+    return ExperimentImport(report=report, name=name, config_path=config_path, settings=settings)
+
+
+def experiment_settings(report: ImportReport, project: Path) -> dict[str, Any]:
+    """The experiment of an imported dataset: its folder relative to ``project`` (the config
+    file's folder, so the project can move) and CPU-sized defaults the data can serve."""
+    try:
+        data_dir = Path(os.path.relpath(report.out, project)).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        data_dir = Path(report.out).as_posix()
+    return {
+        "description": f"{len(report.classes)} classes of photos imported by flower-exp data import-folder",
+        "data_dir": data_dir,
+        # Never above the largest size written: a smaller one is resized from it, a larger one
+        # would not exist.
+        "image_size": min(max(report.sizes), EXPERIMENT_IMAGE_SIZE),
+        "batch_size_per_replica": EXPERIMENT_BATCH_SIZE,
+        "shuffle_buffer": max(1, min(MAX_SHUFFLE_BUFFER, report.counts["train"])),
+    }
 
 
 # --------------------------------------------------------------------------- checks
