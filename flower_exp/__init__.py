@@ -28,8 +28,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 def sweep(**kwargs):
     """Run or resume a sweep from Python (a notebook cell): the keyword arguments mirror
-    ``flower-exp sweep`` (experiment, sweep, trials, timeout_min, workers, study_name, storage,
-    tracking_uri, new, force, seed, config, quiet). Returns a ``SweepResult``."""
+    ``flower-exp sweep`` (experiment, sweep, trials, timeout_min, budget_min, workers, study_name,
+    storage, tracking_uri, new, force, seed, overrides — ``--set`` strings —, config, quiet).
+    Returns a ``SweepResult``."""
     from .study import run_sweep
 
     return run_sweep(**kwargs)
