@@ -156,14 +156,13 @@ def default_storage_url(config_path: Path) -> str:
 # --------------------------------------------------------------------------- storage
 
 
-def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None = None) -> Any:
+def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None = None, readonly: bool = False) -> Any:
     """An Optuna storage with heartbeats: a journal file (path ending ``.log`` or
     ``journal:PATH``) or an RDB URL (``sqlite:///``, ``postgresql://``, ``mysql://``).
 
-    Processes that run trials pass ``on_stale`` (a dead worker's trial is theirs to re-queue):
-    a journal is then checked and a torn last line cut off (:mod:`flower_exp.journal`). Without
-    it the storage is opened to read (``flower-exp status``): the journal is never changed and
-    may be read-only."""
+    Processes that run trials pass ``on_stale`` (a dead worker's trial is theirs to re-queue).
+    A journal is checked and a torn last line cut off (:mod:`flower_exp.journal`), unless
+    ``readonly`` (``flower-exp status``): then it is never changed and may be read-only."""
     import optuna
 
     # Failed trials are reported by the sweep itself, without Optuna's traceback per failure.
@@ -173,7 +172,7 @@ def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None
 
         path = Path(url.removeprefix("journal:"))
         try:
-            backend = open_journal(path, readonly=on_stale is None)
+            backend = open_journal(path, readonly=readonly)
         except OSError as exc:
             raise FlowerExpError(f"Optuna storage {path}: cannot open ({exc.strerror or exc})") from None
         return _journal_with_heartbeat()(backend, heartbeat.interval_s, heartbeat.grace_s, on_stale)
@@ -1102,7 +1101,7 @@ def study_status(
     storage_url = storage or default_storage_url(config_path)
     if storage is None and not Path(storage_url).exists():
         raise FlowerExpError(f"no sweeps yet ({storage_url} does not exist); start one with: flower-exp sweep")
-    store = open_storage(storage_url, HeartbeatConfig())
+    store = open_storage(storage_url, HeartbeatConfig(), readonly=True)
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(store)}
     if study_name is None:
         exp = load_experiment(experiment, config_path)

@@ -62,7 +62,7 @@ def _writer(path: Path):
 
 
 def _reader(path: Path):
-    return open_storage(str(path), HeartbeatConfig())
+    return open_storage(str(path), HeartbeatConfig(), readonly=True)
 
 
 @pytest.fixture
