@@ -341,7 +341,8 @@ def test_sweep_refused_and_oom_trials_fail_and_the_sweep_continues(project, monk
     monkeypatch.setattr(keras.Model, "fit", fit_oom_once)
     sweep = {**SWEEP, "trials": 3, "fixed": {"epochs": 1, "cnn_depth": 2},
              "params": {**SWEEP["params"], "batch_size_per_replica": {"choices": [16, HUGE_BATCH]}},
-             "enqueue": [{"batch_size_per_replica": HUGE_BATCH}, {"batch_size_per_replica": 16}]}
+             "enqueue": [{"batch_size_per_replica": HUGE_BATCH}, {"batch_size_per_replica": 16},
+                             {"batch_size_per_replica": 16, "cnn_width": 4}]}  # the third trains (not left to a draw)
     write_sweep(project, sweep)
     run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None)
 
