@@ -20,19 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FlowerExpError
+from .errors import MemoryTooLarge, OutOfMemory
 
 REFUSE_FACTOR = 2.0
 PROBE_SIZE = 64  # builds any registered network in seconds; smaller images are measured at their own size
 ADAM_COPIES = 4  # weights, gradients, two moments
-
-
-class MemoryTooLarge(FlowerExpError):
-    """The configuration clearly cannot fit in the memory of the device (refused up front)."""
-
-
-class OutOfMemory(FlowerExpError):
-    """Training ran out of memory (the estimate let it through)."""
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .errors import Interrupted
 
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-
-class Interrupted(KeyboardInterrupt):
-    """A sweep stopped by one of :data:`STOP_SIGNALS`; a KeyboardInterrupt, so that everything
-    that marks an interrupted trial or run on Ctrl-C does so for all of them. Processes exit
-    with ``128 + signum``, the shell's status for a death by that signal."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def exit_status(exc: KeyboardInterrupt) -> int:

@@ -46,7 +46,7 @@ from .config import (
     sweep_overrides,
 )
 from .budget import Deadline, check_minutes
-from .errors import ConfigError, DataError, FlowerExpError
+from .errors import ConfigError, DataError, FlowerExpError, RecordingFailed
 from .signals import exit_status, interrupt_once
 from .tracking import (
     SEARCH_PARAM_PREFIX,
@@ -56,7 +56,6 @@ from .tracking import (
     TAG_STATE,
     TAG_STUDY,
     TAG_SUGGESTED,
-    RecordingFailed,
     Tracker,
     TrackingTarget,
     default_target,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FlowerExpError
+from .errors import FlowerExpError, RecordingFailed
 
 TAG_PREFIX = "flower_exp."
 TAG_STATE = TAG_PREFIX + "state"  # finished | pruned | stopped | failed | killed (sweep parents: also running, incomplete)
@@ -46,16 +46,6 @@ _CLIENT_ERROR_CODES = {
     "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
     "BAD_REQUEST", "MALFORMED_REQUEST", "INVALID_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
 }
-
-
-class RecordingFailed(FlowerExpError):
-    """A run's results could not be recorded: the tracking server is unreachable, the store or
-    the artifact folder is full or unwritable. An environment problem, not the configuration's:
-    a sweep marks the trial FAILED, queues it again and stops (rerun once it is fixed)."""
-
-    def __init__(self, message: str, unreachable: bool = False):
-        super().__init__(message)
-        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -197,7 +187,7 @@ class Tracker:
         try:
             yield run_id
         except KeyboardInterrupt as exc:
-            # signals.Interrupted names its signal; a plain KeyboardInterrupt is Ctrl-C.
+            # errors.Interrupted names its signal; a plain KeyboardInterrupt is Ctrl-C.
             how = "Ctrl-C" if str(exc) in ("", "SIGINT") else str(exc)
             self._close_quietly(run_id, "KILLED", "killed", f"interrupted ({how})")
             raise

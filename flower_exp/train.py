@@ -24,14 +24,13 @@ import yaml
 
 from .budget import Deadline
 from .config import ExperimentConfig, ResolvedExperiment, project_dir
-from .errors import FlowerExpError
+from .errors import NonFiniteLoss, RecordingFailed
 from .memory_estimate import check_memory, out_of_memory
 from .schedule import LRSchedule, plot_schedule
 from .tracking import (
     TAG_KIND,
     TAG_PREFIX,
     TAG_STATE,
-    RecordingFailed,
     Tracker,
     default_target,
     git_commit,
@@ -52,6 +51,8 @@ EPOCH_METRICS = (
 _NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir", "memory_check"}
 
 
+# Not in errors.py: control flow between the sweep's pruning hook and this module, never shown
+# to the user (run() catches it and returns state "pruned"; the sweep raises Optuna's own).
 class Pruned(Exception):
     """Raised by a pruning hook to stop a run early (the sweep maps it to Optuna's)."""
 
@@ -59,10 +60,6 @@ class Pruned(Exception):
         super().__init__(f"pruned at epoch {epoch} (val_macro_f1 {value:.4f})")
         self.epoch = epoch
         self.value = value
-
-
-class NonFiniteLoss(FlowerExpError):
-    """The training loss became NaN or infinite."""
 
 
 PruningHook = Callable[[int, float], None]

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from flower_exp.config import ParamSpec, SamplerConfig
-from flower_exp.signals import STOP_SIGNALS, Interrupted, exit_status, interrupt_once
+from flower_exp.errors import Interrupted
+from flower_exp.signals import STOP_SIGNALS, exit_status, interrupt_once
 from flower_exp.study import (
     ATTR_FAIL,
     ATTR_PARENT,

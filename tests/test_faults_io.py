@@ -22,7 +22,7 @@ import servers
 from conftest import assert_one_line_error
 from flower_exp import memory_estimate
 from flower_exp.config import HeartbeatConfig, load_experiment
-from flower_exp.errors import FlowerExpError
+from flower_exp.errors import FlowerExpError, MemoryTooLarge
 from flower_exp.study import ATTR_FAIL, ATTR_NOT_RECORDED, ATTR_RETRY_OF, ATTR_RUN, open_storage, run_sweep
 from flower_exp.tracking import TAG_ERROR, TAG_STATE, Tracker, TrackingTarget
 
@@ -298,7 +298,7 @@ def test_memory_estimate_scales_with_pixels_and_batch(project, monkeypatch):
         available = int(small.needed / factor)
         monkeypatch.setattr(memory_estimate, "available_memory", lambda a=available: ("host RAM", a))
         if outcome == "refuse":
-            with pytest.raises(memory_estimate.MemoryTooLarge, match="needs at least .* but the host RAM available is"):
+            with pytest.raises(MemoryTooLarge, match="needs at least .* but the host RAM available is"):
                 memory_estimate.check_memory(exp.config, 4, warnings.append)
         else:
             memory_estimate.check_memory(exp.config, 4, warnings.append)
