@@ -314,7 +314,8 @@ def export_and_score(config: Path, study: str | None, data_dir: Path, folder: Pa
     """``best --export`` (the study's, or the experiment's runs for the long run) and the export
     scored once on the test split."""
     import flower_exp
-    from flower_exp.predictor import load_export, predict_test, read_labels
+    from flower_exp.export_format import load_export
+    from flower_exp.predictor import predict_test, read_labels
 
     start = time.time()
     result = flower_exp.best(config=str(config), experiment=EXPERIMENT, study=study, export=str(folder / "export"),

@@ -61,7 +61,8 @@ def best(**kwargs):
 
 def predict(export: str, sources: list[str] | None = None, *, top: int = 5, tta: bool = False):
     """Predict image files or http(s) URLs with an export; returns one ``ItemPrediction`` each."""
-    from .predictor import load_export, predict_sources
+    from .export_format import load_export
+    from .predictor import predict_sources
 
     return predict_sources(load_export(export), list(sources or []), top=top, tta=tta)
 

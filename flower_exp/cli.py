@@ -422,7 +422,8 @@ def predict_command(
     several, each bad one is reported on stderr, the others are predicted, and the exit
     status is 1 if any was bad.
     """
-    from .predictor import load_export, predict_payloads, predict_sources, predict_test, read_image
+    from .export_format import load_export
+    from .predictor import predict_payloads, predict_sources, predict_test, read_image
 
     if not test and not sources:
         raise FlowerExpError("nothing to predict: give image files/URLs or --test")

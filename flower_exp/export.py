@@ -11,7 +11,7 @@
 The pyfunc is a "model from code" (MLflow 3 refuses to unpickle models by default, and a
 pickle would be code anyway): ``ensemble_pyfunc.py`` only calls
 ``set_model(EnsemblePyfunc(<its own folder>))``, and :class:`EnsemblePyfunc` loads the folder
-with :func:`flower_exp.predictor.load_export`, so flower-exp and MLflow read the same files.
+with :func:`flower_exp.export_format.load_export`, so flower-exp and MLflow read the same files.
 ``flower-exp predict`` never runs that file.
 
 The folder is built beside ``OUT`` and renamed into place: readers never see half an export,
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import FlowerExpError
-from .predictor import (
+from .export_format import (
     ENSEMBLE_FILE,
     FORMAT_VERSION,
     INFO_KEYS,
@@ -48,15 +48,16 @@ from .predictor import (
     check_document,
     check_weights,
     load_export,
-    predict_payloads,
-    read_source,
+    load_export_document,
 )
+# The pyfunc predicts with the same code as flower-exp predict (the writer needs only the format).
+from .predictor import predict_payloads, read_source
 
 PYFUNC_CODE_FILE = "ensemble_pyfunc.py"
 README_FILE = "README.md"
 DEFAULT_REGISTRY_EXPERIMENT = "flower-exp-exports"
 _PYFUNC_CODE = '''"""MLflow entry point of a flower-exp export ("model from code"): the model is the folder
-holding this file; flower_exp.export.EnsemblePyfunc loads it with flower_exp.predictor.load_export."""
+holding this file; flower_exp.export.EnsemblePyfunc loads it with flower_exp.export_format.load_export."""
 
 import os
 
@@ -97,7 +98,7 @@ def write_export(
 ) -> str:
     """Write the export folder ``out_dir`` atomically and return its absolute path.
 
-    ``info`` keys (experiment, study, method, holdout, ...; see ``predictor.INFO_KEYS``) go to
+    ``info`` keys (experiment, study, method, holdout, ...; see ``export_format.INFO_KEYS``) go to
     the top level of ``ensemble.json``. An existing ``out_dir`` is refused unless ``force``
     (then swapped out in one rename); a file there is always refused. ``verify`` loads the
     finished folder back with :func:`load_export` before it is moved into place. With
@@ -553,16 +554,6 @@ def register_export(export_dir: str, name: str, *, tracking_uri: str | None = No
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise FlowerExpError(f"MLflow {redact(uri)}: {redact(first)}") from None
-
-
-def load_export_document(export_dir: str) -> dict[str, Any]:
-    """The checked ``ensemble.json`` of an export, without loading its models."""
-    from .predictor import read_json_strict
-
-    path = os.path.join(export_dir, ENSEMBLE_FILE)
-    doc = read_json_strict(path)
-    check_document(doc, path)
-    return doc
 
 
 def _local_artifact_root(uri: str) -> str | None:

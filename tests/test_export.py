@@ -16,7 +16,8 @@ from flower_exp import export as export_mod
 from flower_exp import models
 from flower_exp.errors import FlowerExpError
 from flower_exp.export import ExportMember, write_export
-from flower_exp.predictor import load_export, predict_arrays, predict_sources
+from flower_exp.export_format import load_export
+from flower_exp.predictor import predict_arrays, predict_sources
 
 CLASSES = ["daisy", "rose", "tulip", "iris"]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])

@@ -18,7 +18,9 @@ import pytest
 from flower_exp import models
 from flower_exp.errors import DataError, FlowerExpError
 from flower_exp.export import ExportMember, write_export
-from flower_exp.predictor import fetch_image, load_export, load_image, predict_arrays, predict_sources, predict_test
+from flower_exp.export_format import load_export
+from flower_exp.fetch import fetch_image
+from flower_exp.predictor import load_image, predict_arrays, predict_sources, predict_test
 from servers import QuietHandler, http_server
 
 NUM_CLASSES = 4  # the demo_root fixture's class count
@@ -386,7 +388,8 @@ def test_fetch_from_a_dripping_server_stops_at_the_deadline(server, path):
 
 
 def test_local_file_over_the_size_cap_is_refused_before_reading(tmp_path):
-    from flower_exp.predictor import MAX_BYTES, read_source
+    from flower_exp.fetch import MAX_BYTES
+    from flower_exp.predictor import read_source
 
     sparse = tmp_path / "huge.jpg"
     sparse.touch()
