@@ -62,7 +62,7 @@ def select_runs(
         query += f" and tags.`{TAG_PREFIX}study` = '{check_study_name(study)}'"
     # Backquoted: MLflow metric names may hold spaces, dots and slashes (check_metric_name
     # keeps backquotes out).
-    runs = tracker.client.search_runs([tracker.experiment_id], query, order_by=[f"metrics.`{key}` DESC"], max_results=500)
+    runs = tracker.search_runs(query, order_by=[f"metrics.`{key}` DESC"], max_results=500)
     # A run the budget stopped kept its best epoch like a finished one; pruned runs lost to
     # others. (MLflow's filter language has no IN for tags, hence the state test here.)
     runs = [r for r in runs if r.data.tags.get(TAG_KIND) in ("train", "trial") and key in r.data.metrics

@@ -59,11 +59,8 @@ def list_runs(target: TrackingTarget, experiment: str, top: int = 20, study: str
         query += f" and tags.`{TAG_STUDY}` = '{study}'"
         parent = _latest_parent(tracker, study)
         space = _search_space(parent)
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        query,
-        order_by=["metrics.best_val_macro_f1 DESC", "attributes.start_time DESC"],
-        max_results=max(1, top),
+    runs = tracker.search_runs(
+        query, order_by=["metrics.best_val_macro_f1 DESC", "attributes.start_time DESC"], max_results=max(1, top)
     )
     if study is not None and parent is None and not runs:
         raise FlowerExpError(
@@ -107,11 +104,8 @@ def rounded(value: Any) -> str:
 
 def _latest_parent(tracker: Tracker, study: str) -> Any:
     """The study's sweep parent run; the newest when ``sweep --new --force`` replaced one."""
-    found = tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_STUDY}` = '{study}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+    found = tracker.search_runs(
+        f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_STUDY}` = '{study}'", order_by=["attributes.start_time DESC"], max_results=1
     )
     return found[0] if found else None
 
@@ -138,5 +132,5 @@ def _suggested(tags: dict[str, str]) -> dict[str, Any] | None:
 
 def _studies(tracker: Tracker) -> list[str]:
     """Names of the studies with a sweep parent run in the tracker's experiment."""
-    parents = tracker.client.search_runs([tracker.experiment_id], f"tags.`{TAG_KIND}` = 'sweep'", max_results=1000)
+    parents = tracker.search_runs(f"tags.`{TAG_KIND}` = 'sweep'", max_results=1000)
     return sorted({r.data.tags[TAG_STUDY] for r in parents if TAG_STUDY in r.data.tags})

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +166,22 @@ class Tracker:
         except Exception:  # noqa: BLE001 - only used to word an error
             return self.target.artifact_root or self.target.uri
         return uri.removeprefix("file://") if uri.startswith("file:///") else uri
+
+    def search_runs(self, filter_string: str, order_by: Sequence[str] = (), max_results: int = 1000) -> list[Any]:
+        """This experiment's active runs matching MLflow's ``filter_string``, sorted by ``order_by``
+        (e.g. ``"metrics.best_val_macro_f1 DESC"``): the first ``max_results`` ``mlflow.entities.Run``."""
+        # Reads are not wrapped in RecordingFailed (that says results went unrecorded): MLflow's
+        # errors reach the caller as they are.
+        return self.client.search_runs([self.experiment_id], filter_string, max_results=max_results, order_by=list(order_by) or None)
+
+    def get_run(self, run_id: str) -> Any:
+        """The ``mlflow.entities.Run`` with id ``run_id``; MLflow's error if there is none."""
+        return self.client.get_run(run_id)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """Set a run's MLflow status without ending it (``RUNNING`` reopens a resumed sweep's
+        parent run; :meth:`end` closes runs)."""
+        self._call(self.client.update_run, run_id, status=status)
 
     def rename(self, run_id: str, name: str) -> None:
         """Change a run's name (the MLflow UI's "Run Name"), also after it ended."""

@@ -42,6 +42,25 @@ def test_params_are_redacted_and_failed_runs_tagged(tmp_path):
     assert Tracker(tracker.target, "exp").experiment_id == tracker.experiment_id
 
 
+def test_runs_are_searched_read_and_reopened_through_the_tracker(tmp_path):
+    target = TrackingTarget(f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "a"))
+    tracker, other = Tracker(target, "exp"), Tracker(target, "other")
+    ids = {}
+    for name, score in (("low", 0.2), ("high", 0.9), ("mid", 0.5)):
+        with tracker.run(name, {"flower_exp.kind": "train"}) as ids[name]:
+            tracker.log_metrics(ids[name], {"best_val_macro_f1": score})
+    with other.run("elsewhere", {"flower_exp.kind": "train"}):
+        pass
+    found = tracker.search_runs("tags.`flower_exp.kind` = 'train'", order_by=["metrics.best_val_macro_f1 DESC"])
+    assert [r.info.run_name for r in found] == ["high", "mid", "low"]  # this experiment's runs only
+    assert [r.info.run_id for r in tracker.search_runs("", order_by=["metrics.best_val_macro_f1 ASC"], max_results=1)] == [ids["low"]]
+    assert tracker.search_runs("tags.`flower_exp.kind` = 'sweep'") == []
+    assert tracker.get_run(ids["mid"]).info.status == "FINISHED"
+    tracker.set_status(ids["mid"], "RUNNING")
+    run = tracker.get_run(ids["mid"])
+    assert run.info.status == "RUNNING" and run.data.tags[TAG_STATE] == "finished"  # tags untouched
+
+
 def test_unreachable_store_is_a_user_error(tmp_path):
     (tmp_path / "a-directory.db").mkdir()
     target = TrackingTarget(f"sqlite:///{tmp_path / 'a-directory.db'}", None)
