@@ -24,6 +24,7 @@ import yaml
 
 from .budget import Deadline
 from .config import ExperimentConfig, ResolvedExperiment, project_dir
+from .ensemble import confusion_png
 from .errors import NonFiniteLoss, RecordingFailed
 from .memory_estimate import check_memory, out_of_memory
 from .schedule import LRSchedule, plot_schedule
@@ -741,7 +742,7 @@ def _write_artifacts(
     np.savez_compressed(folder / "val_probs.npz", ids=val_ids, labels=val_labels, probs=val_probs)
     _write_history(folder / "history.csv", history)
     plot_schedule(schedule, exp.config.epochs, str(folder / "lr_schedule.png"), replicas)
-    _plot_confusion(val_labels, val_probs.argmax(axis=1), class_names, folder / "confusion_matrix.png")
+    confusion_png(val_probs, val_labels, class_names, str(folder / "confusion_matrix.png"), "validation confusion matrix (best epoch)")
     _write_config(folder / "config.yaml", exp, class_names)
 
 
@@ -756,31 +757,3 @@ def _write_config(path: Path, exp: ResolvedExperiment, class_names: list[str]) -
     resolved = exp.config.model_dump(mode="json")
     resolved.update(data_dir=exp.data_dir, classes=class_names)
     path.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-
-
-def _plot_confusion(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
-
-    n = len(class_names)
-    matrix = confusion_matrix(labels, predicted, labels=np.arange(n))
-    side = min(40, 3 + n * 0.25)
-    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=90, fontsize=max(4, 10 - n // 15))
-    ax.set_yticks(range(n), class_names, fontsize=max(4, 10 - n // 15))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_title("validation confusion matrix (best epoch)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
