@@ -81,6 +81,8 @@ DATA_ENV = "FLOWER_EXP_BENCH_DATA"
 SWEEP_FILE = common.REPO_ROOT / "sweeps" / "cpu.yaml"
 DEFAULT_WORK = common.REPO_ROOT / "benchmarks" / "results" / "search-runs"
 DEFAULT_SEEDS = (1, 2, 3)
+# One seed's five pairs take about two hours; pairs further apart ran in different sittings.
+SITTING_H = 6
 # The budget cpu.yaml's own usage line gives (--budget 30m). 5 methods x 3 seeds x 30 minutes
 # = 7.5 hours of searching plus exports: several sittings on a 2-core machine.
 DEFAULT_BUDGET_MIN = 30.0
@@ -616,6 +618,18 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return s
 
 
+def split_seeds(runs: list[dict[str, Any]]) -> list[str]:
+    """The seeds whose pairs started more than SITTING_H hours apart, as ``seed k: first - last``."""
+    from datetime import datetime
+
+    out = []
+    for seed in sorted({r["seed"] for r in runs}):
+        dates = sorted(datetime.fromisoformat(r["date"]) for r in runs if r["seed"] == seed)
+        if (dates[-1] - dates[0]).total_seconds() > SITTING_H * 3600:
+            out.append(f"seed {seed}: {dates[0]:%Y-%m-%d %H:%M} - {dates[-1]:%Y-%m-%d %H:%M}")
+    return out
+
+
 def _nanmedian(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return common.median(kept) if kept else float("nan")
@@ -765,6 +779,12 @@ def notes(s: dict[str, Any], runs: list[dict[str, Any]], budget_min: float, args
     ]
     if len(machines) > 1:
         out.append("**The runs come from more than one machine**: their minutes do not compare; rerun on one.")
+    split = split_seeds(runs)
+    if split:
+        out.append("**Some seeds' pairs ran in different sittings** (" + "; ".join(split) + "): the same machine type "
+                   "ran at different speeds on different days (seen: one epoch of the same configuration took 35 s "
+                   "one day and 44 s another), so a seed's methods only compare within one sitting; rerun those "
+                   "seeds' pairs together.")
     if s["goal_met"] is None:
         out.append(f"Incomplete: {done} of {wanted} planned (method, seed) pairs are done ({len(runs)} result files in "
                    f"the work dir); the goal needs {MIN_SEEDS} seeds of every method. Continue with "

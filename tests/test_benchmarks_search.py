@@ -168,3 +168,11 @@ def test_gpu_sh_without_gpu_refuses_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--smoke" in proc.stderr
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_search_flags_a_seed_whose_pairs_ran_in_different_sittings():
+    search = _load("search")
+    runs = [{"seed": 1, "date": "2026-12-01T11:40:09+00:00"}, {"seed": 1, "date": "2026-12-07T19:43:25+00:00"},
+            {"seed": 2, "date": "2026-12-07T19:00:00+00:00"}, {"seed": 2, "date": "2026-12-07T21:10:00+00:00"}]
+    assert search.split_seeds(runs) == ["seed 1: 2026-12-01 11:40 - 2026-12-07 19:43"]
+    assert search.split_seeds(runs[2:]) == []
