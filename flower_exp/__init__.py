@@ -26,14 +26,15 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+source"
 
 
-def sweep(**kwargs):
+def sweep(*, log=print, on_event=None, **options):
     """Run or resume a sweep from Python (a notebook cell): the keyword arguments mirror
     ``flower-exp sweep`` (experiment, sweep, trials, timeout_min, budget_min, workers, study_name,
-    storage, tracking_uri, new, force, seed, overrides — ``--set`` strings —, config, quiet).
+    storage, tracking_uri, new, force, seed, overrides — ``--set`` strings —, config, quiet; see
+    ``flower_exp.study.SweepOptions``); ``log`` gets text lines, ``on_event`` progress events.
     Returns a ``SweepResult``."""
-    from .study import run_sweep
+    from .study import SweepOptions, run_sweep
 
-    return run_sweep(**kwargs)
+    return run_sweep(SweepOptions(**options), log=log, on_event=on_event)
 
 
 def train(experiment: str | None = None, *, set: list[str] | None = None, config: str | None = None,
