@@ -50,14 +50,14 @@ def train(experiment: str | None = None, *, set: list[str] | None = None, config
     return run(load_experiment(experiment, config, set or []), deadline=deadline, **kwargs)
 
 
-def best(**kwargs):
+def best(*, log=print, **options):
     """Select the best runs, search ensemble weights honestly and optionally refit/export;
     keyword arguments mirror ``flower-exp best`` (experiment, study, top, metric, diverse,
     method, trials, seed, export, refit, force, force_ensemble, register, tracking_uri,
-    config). Returns a ``BestResult``."""
-    from .best import run_best
+    config; see ``flower_exp.best.BestOptions``); ``log`` gets text lines. Returns a ``BestResult``."""
+    from .best import BestOptions, run_best
 
-    return run_best(**kwargs)
+    return run_best(BestOptions(**options), log=log)
 
 
 def predict(export: str, sources: list[str] | None = None, *, top: int = 5, tta: bool = False):

@@ -381,13 +381,14 @@ def best_command(
 ) -> None:
     """Select the best runs, search ensemble weights honestly (fit on one half of validation,
     score on the other, both ways), log an ensemble run, optionally refit and export."""
-    from .best import run_best
+    from .best import BestOptions, run_best
 
-    result = run_best(
+    options = BestOptions(
         experiment=experiment, study=study, top=top, metric=metric, diverse=diverse, method=method, trials=trials,
         seed=seed, export=str(export) if export else None, refit=refit, force=force, force_ensemble=force_ensemble,
-        register=register, tracking_uri=tracking_uri, config=state.config, log=lambda m: err.print(escape(m)),
+        register=register, tracking_uri=tracking_uri, config=state.config,
     )
+    result = run_best(options, log=lambda m: err.print(escape(m)))
     report = result.report
     table = Table(title="ensemble members (held-out macro-F1: mean over the two validation halves)")
     for column in ("run", "architecture", "size", "val_macro_f1", "held-out", "weight"):

@@ -58,7 +58,7 @@ def project(tmp_path, demo_root):
 def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     import optuna
 
-    from flower_exp.best import run_best
+    from flower_exp.best import BestOptions, run_best
     from flower_exp.study.names import ATTR_STOPPED_BY
     from flower_exp.tracking import Tracker, TrackingTarget
 
@@ -88,8 +88,8 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     parent = tracker.client.get_run(result.parent_run_id)
     assert parent.data.metrics["sweep_best_val_macro_f1_final"] == result.best[0]["value"]
 
-    best = run_best(study=result.study_name, top=1, export=str(project / "export"), config=project / "experiments.yaml",
-                    log=lambda m: None)
+    best = run_best(BestOptions(study=result.study_name, top=1, export=str(project / "export"),
+                                config=project / "experiments.yaml"), log=lambda m: None)
     assert [c.run_id for c in best.candidates] == [result.best[0]["run_id"]]
     assert (project / "export" / "ensemble.json").is_file()
 
