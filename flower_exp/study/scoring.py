@@ -80,7 +80,6 @@ def scored(trials: list[Any]) -> list[tuple[float, Any]]:
     return pairs
 
 
-
 def best_score(study) -> float | None:
     """The study's best score (see :func:`scored_trials`); None before any."""
     scored = scored_trials(study)

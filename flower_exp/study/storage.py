@@ -15,6 +15,7 @@ from ..errors import FlowerExpError
 from ..tracking import TAG_PREFIX, TAG_STATE, TAG_STUDY, Tracker, TrackingTarget, redact
 from .names import ATTR_RETRY_OF, ATTR_RUN, TAG_TRIAL
 
+# The journal's heartbeat: a running trial's latest time.time(), a system attr (see _journal_with_heartbeat).
 HEARTBEAT_ATTR = "flower_exp:heartbeat"
 DEFAULT_SWEEP = "demo"
 
@@ -44,11 +45,10 @@ def default_storage_url(config_path: Path) -> str:
     return str(folder / "journal.log")
 
 
-
 def _default_study_name(experiment: str, sweep_path: Path) -> str:
+    """``<experiment>-<sweep file stem>``, checked like a ``--study`` name."""
     return check_study_name(f"{experiment}-{sweep_path.stem}",
                             f"study name of -e {experiment} -s {sweep_path.stem} (choose one with --study):")
-
 
 
 def _refuse_in_memory_storage(url: str) -> None:
@@ -64,7 +64,6 @@ def _refuse_in_memory_storage(url: str) -> None:
     if not database or database == ":memory:" or database.startswith("file::memory:") or "mode=memory" in url:
         raise FlowerExpError(f"--storage {url}: an in-memory database is lost when the sweep exits; "
                              "use a file (sqlite:///mlruns/optuna.db) or the default journal")
-
 
 
 def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None = None, readonly: bool = False) -> Any:
