@@ -93,7 +93,7 @@ def plot(samples: list[dict], path: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from flower_exp.study import run_sweep
+    from flower_exp.study import SweepOptions, run_sweep
 
     trials, epochs, per_class = (2, 1, 10) if args.smoke else (20, 2, 20)
     root = demo_data((32,), per_class)
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="flower-exp-memory-") as tmp:
         config = make_project(Path(tmp), root, trials, epochs)
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the project's own sqlite store
-        run_sweep(sweep="mem", config=config, quiet=True, log=lambda _m: None, on_event=on_event)
+        run_sweep(SweepOptions(sweep="mem", config=config, quiet=True), log=lambda _m: None, on_event=on_event)
     if len(samples) != trials:
         raise SystemExit(f"expected {trials} trial_end events, got {len(samples)}")
 

@@ -364,7 +364,7 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
     deadline = log.start + 60.0 * budget_min
 
     def configuration(hp):
-        # The sweep's own mapping (study.suggest): choices, int ranges, float ranges, log scale.
+        # The sweep's own mapping (study.sampling.suggest): choices, int ranges, float ranges, log scale.
         values = {}
         for name, spec in sweep_cfg.params.items():
             sampling = "log" if spec.log else "linear"

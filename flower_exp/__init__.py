@@ -26,14 +26,15 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+source"
 
 
-def sweep(**kwargs):
+def sweep(*, log=print, on_event=None, **options):
     """Run or resume a sweep from Python (a notebook cell): the keyword arguments mirror
     ``flower-exp sweep`` (experiment, sweep, trials, timeout_min, budget_min, workers, study_name,
-    storage, tracking_uri, new, force, seed, overrides — ``--set`` strings —, config, quiet).
+    storage, tracking_uri, new, force, seed, overrides — ``--set`` strings —, config, quiet; see
+    ``flower_exp.study.SweepOptions``); ``log`` gets text lines, ``on_event`` progress events.
     Returns a ``SweepResult``."""
-    from .study import run_sweep
+    from .study import SweepOptions, run_sweep
 
-    return run_sweep(**kwargs)
+    return run_sweep(SweepOptions(**options), log=log, on_event=on_event)
 
 
 def train(experiment: str | None = None, *, set: list[str] | None = None, config: str | None = None,
@@ -49,14 +50,14 @@ def train(experiment: str | None = None, *, set: list[str] | None = None, config
     return run(load_experiment(experiment, config, set or []), deadline=deadline, **kwargs)
 
 
-def best(**kwargs):
+def best(*, log=print, **options):
     """Select the best runs, search ensemble weights honestly and optionally refit/export;
     keyword arguments mirror ``flower-exp best`` (experiment, study, top, metric, diverse,
     method, trials, seed, export, refit, force, force_ensemble, register, tracking_uri,
-    config). Returns a ``BestResult``."""
-    from .best import run_best
+    config; see ``flower_exp.best.BestOptions``); ``log`` gets text lines. Returns a ``BestResult``."""
+    from .best import BestOptions, run_best
 
-    return run_best(**kwargs)
+    return run_best(BestOptions(**options), log=log)
 
 
 def predict(export: str, sources: list[str] | None = None, *, top: int = 5, tta: bool = False):

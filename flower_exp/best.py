@@ -25,6 +25,42 @@ METHODS = ("optuna", "greedy", "mean")
 METRIC_NAME = re.compile(r"[\w./: -]+")
 
 
+@dataclass(frozen=True)
+class BestOptions:
+    """The arguments of ``flower-exp best`` and ``flower_exp.best``."""
+
+    experiment: str | None = None
+    """Experiment whose runs are ranked (None: the config's ``default``, else its first)."""
+    study: str | None = None
+    """Only this study's trials (None: every finished run of the experiment)."""
+    top: int = 3
+    """How many runs to consider."""
+    metric: str = "val_macro_f1"
+    """Ranking metric: each run's ``best_<metric>``."""
+    diverse: bool = False
+    """At most one run per architecture."""
+    method: str = "optuna"
+    """Weight search: ``optuna``, ``greedy`` (Caruana selection) or ``mean``."""
+    trials: int = 100
+    """Weight-search trials (``optuna``) or rounds (``greedy``)."""
+    seed: int = 0
+    """Seed of the validation split and the weight search."""
+    export: str | None = None
+    """Write a self-contained export to this folder (None: no export)."""
+    refit: bool = False
+    """Retrain each exported member on train+val for its best epoch count, and export the refits."""
+    force: bool = False
+    """Replace an existing export."""
+    force_ensemble: bool = False
+    """Export the blend even if it does not beat the best single member."""
+    register: str | None = None
+    """Also register the export in the MLflow model registry under this name."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (None: ``$MLFLOW_TRACKING_URI``, else the project's sqlite store)."""
+    config: str | os.PathLike | None = None
+    """``experiments.yaml`` path (None: ``./experiments.yaml``, else the packaged copy)."""
+
+
 @dataclass
 class Candidate:
     """A finished run that may join the ensemble."""
@@ -93,48 +129,30 @@ def select_runs(
     return chosen
 
 
-def run_best(
-    *,
-    experiment: str | None = None,
-    study: str | None = None,
-    top: int = 3,
-    metric: str = "val_macro_f1",
-    diverse: bool = False,
-    method: str = "optuna",
-    trials: int = 100,
-    seed: int = 0,
-    export: str | None = None,
-    refit: bool = False,
-    force: bool = False,
-    force_ensemble: bool = False,
-    register: str | None = None,
-    tracking_uri: str | None = None,
-    config: str | os.PathLike | None = None,
-    log: Callable[[str], None] = print,
-) -> BestResult:
+def run_best(options: BestOptions, *, log: Callable[[str], None] = print) -> BestResult:
     """Select the best runs, search ensemble weights on one half of validation and score on
     the other (both ways), log an ``ensemble`` run, optionally refit and export."""
     from .ensemble import confusion_png, evaluate, load_member
 
-    if method not in METHODS:
-        raise FlowerExpError(f"--method {method!r}: unknown; allowed: {', '.join(METHODS)}")
-    if top < 1:
-        raise FlowerExpError(f"--top {top}: must be >= 1")
-    check_metric_name(metric)
-    if study is not None:
-        check_study_name(study)
-    if export is not None and Path(export).exists() and not Path(export).is_dir():
-        raise FlowerExpError(f"{export}: exists and is not a folder; remove it or choose another path")  # even with --force
-    if export is not None and Path(export).exists() and not force:
+    if options.method not in METHODS:
+        raise FlowerExpError(f"--method {options.method!r}: unknown; allowed: {', '.join(METHODS)}")
+    if options.top < 1:
+        raise FlowerExpError(f"--top {options.top}: must be >= 1")
+    check_metric_name(options.metric)
+    if options.study is not None:
+        check_study_name(options.study)
+    if options.export is not None and Path(options.export).exists() and not Path(options.export).is_dir():
+        raise FlowerExpError(f"{options.export}: exists and is not a folder; remove it or choose another path")  # even with --force
+    if options.export is not None and Path(options.export).exists() and not options.force:
         # Checked up front: refusing after minutes of refitting would waste them.
-        raise FlowerExpError(f"{export}: already exists; pass --force to replace it")
-    if export is not None:
-        _check_export_writable(Path(export))
-    config_path = find_config(config)
-    exp = load_experiment(experiment, config_path)
-    target = default_target(project_dir(config_path), tracking_uri)
+        raise FlowerExpError(f"{options.export}: already exists; pass --force to replace it")
+    if options.export is not None:
+        _check_export_writable(Path(options.export))
+    config_path = find_config(options.config)
+    exp = load_experiment(options.experiment, config_path)
+    target = default_target(project_dir(config_path), options.tracking_uri)
     tracker = Tracker(target, exp.name)
-    candidates = select_runs(tracker, study=study, top=top, metric=metric, diverse=diverse)
+    candidates = select_runs(tracker, study=options.study, top=options.top, metric=options.metric, diverse=options.diverse)
     log("selected: " + ", ".join(f"{c.name} ({c.architecture}, {c.image_size}px, {c.score:.4f})" for c in candidates))
 
     with tempfile.TemporaryDirectory(prefix="flower-exp-best-") as tmp:
@@ -142,13 +160,13 @@ def run_best(
         for c in candidates:
             path = tracker.download(c.run_id, "val_probs.npz", tmp)
             members.append(load_member(c.run_id, path))
-        study_name = f"{study or exp.name}-ensemble"
-        report = evaluate(members, method=method, trials=trials, seed=seed, study_name=study_name)
+        study_name = f"{options.study or exp.name}-ensemble"
+        report = evaluate(members, method=options.method, trials=options.trials, seed=options.seed, study_name=study_name)
         log(
             f"held-out macro-F1 (mean of both halves): ensemble {report.holdout_ensemble:.4f} vs best single member "
             f"{report.holdout_best_single:.4f}, picked on the fit half like the weights ({'ensemble wins' if report.ensemble_wins else 'ensemble does not win'})"
         )
-        use_ensemble = (report.ensemble_wins or force_ensemble) and len(candidates) > 1
+        use_ensemble = (report.ensemble_wins or options.force_ensemble) and len(candidates) > 1
         if use_ensemble:
             chosen = {name: w for name, w in zip(report.member_names, report.weights) if w > 0}
         else:
@@ -157,19 +175,19 @@ def run_best(
             chosen = {report.best_single: 1.0}
 
         parent = candidates[0].parent_run_id
-        tags = {TAG_KIND: "ensemble", TAG_PREFIX + "method": method}  # state: set by tracker.run when it ends
-        if study:
-            tags[TAG_PREFIX + "study"] = study
-        with tracker.run(f"ensemble-{method}", tags, parent) as ensemble_run:
+        tags = {TAG_KIND: "ensemble", TAG_PREFIX + "method": options.method}  # state: set by tracker.run when it ends
+        if options.study:
+            tags[TAG_PREFIX + "study"] = options.study
+        with tracker.run(f"ensemble-{options.method}", tags, parent) as ensemble_run:
             tracker.log_params(
                 ensemble_run,
                 {
-                    "method": method,
+                    "method": options.method,
                     "members": ",".join(report.member_names),
                     "weights": json.dumps(dict(zip(report.member_names, [round(w, 6) for w in report.weights]))),
                     "exported": json.dumps(chosen),
-                    "trials": trials,
-                    "seed": seed,
+                    "trials": options.trials,
+                    "seed": options.seed,
                     "val_size": report.val_size,
                 },
             )
@@ -185,10 +203,10 @@ def run_best(
             # Inside the ensemble run: a failed refit or export leaves it FAILED, not FINISHED.
             refit_runs: dict[str, str] = {}
             export_dir = None
-            if export is not None or refit:
+            if options.export is not None or options.refit:
                 by_id = {c.run_id: c for c in candidates}
                 model_runs = dict.fromkeys(chosen)
-                if refit:
+                if options.refit:
                     from .train import refit as refit_run
 
                     for run_id in chosen:
@@ -199,10 +217,11 @@ def run_best(
                             member_exp, epochs, tracker=tracker, refit_of=run_id, parent_run_id=parent, progress=log
                         )
                     model_runs = dict(refit_runs)
-                if export is not None:
+                if options.export is not None:
                     export_dir = _export(
-                        tracker, export, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp,
-                        force=force, register=register, tracking_uri=target.uri,
+                        tracker, options.export, chosen, model_runs, by_id, report, exp, options.study, options.method,
+                        ensemble_run, tmp,
+                        force=options.force, register=options.register, tracking_uri=target.uri,
                     )
                     log(f"exported to {export_dir}")
     return BestResult(

@@ -283,7 +283,7 @@ def sweep_command(
     from contextlib import nullcontext
 
     from .progress import QuietProgress, SweepDisplay
-    from .study import run_sweep
+    from .study import SweepOptions, run_sweep
 
     live = err.is_terminal and workers == 1
     display = SweepDisplay(err, trials) if live else None
@@ -291,7 +291,7 @@ def sweep_command(
     if not live and quiet and workers == 1:
         events = QuietProgress(lambda line: err.print(escape(line)))
     with _stop_signal_exit_status(), display if display is not None else nullcontext():
-        result = run_sweep(
+        options = SweepOptions(
             experiment=experiment,
             sweep=sweep,
             trials=trials,
@@ -307,9 +307,8 @@ def sweep_command(
             overrides=set_ or [],
             config=state.config,
             quiet=quiet,
-            log=lambda message: err.print(escape(message)),
-            on_event=events,
         )
+        result = run_sweep(options, log=lambda message: err.print(escape(message)), on_event=events)
     counts = result.counts
     out.print(
         f"study {result.study_name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
@@ -382,13 +381,14 @@ def best_command(
 ) -> None:
     """Select the best runs, search ensemble weights honestly (fit on one half of validation,
     score on the other, both ways), log an ensemble run, optionally refit and export."""
-    from .best import run_best
+    from .best import BestOptions, run_best
 
-    result = run_best(
+    options = BestOptions(
         experiment=experiment, study=study, top=top, metric=metric, diverse=diverse, method=method, trials=trials,
         seed=seed, export=str(export) if export else None, refit=refit, force=force, force_ensemble=force_ensemble,
-        register=register, tracking_uri=tracking_uri, config=state.config, log=lambda m: err.print(escape(m)),
+        register=register, tracking_uri=tracking_uri, config=state.config,
     )
+    result = run_best(options, log=lambda m: err.print(escape(m)))
     report = result.report
     table = Table(title="ensemble members (held-out macro-F1: mean over the two validation halves)")
     for column in ("run", "architecture", "size", "val_macro_f1", "held-out", "weight"):

@@ -132,7 +132,7 @@ def load(project: Path):
 
 def check(project: Path, expected_finished: int | None = None) -> dict[str, Any]:
     """Compare the study with MLflow trial by trial; returns counts and a list of mismatches."""
-    from flower_exp.study import ATTR_FAIL, ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
+    from flower_exp.study.names import ATTR_FAIL, ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
 
     study, client = load(project)
     experiment = client.get_experiment_by_name("soak")

@@ -409,12 +409,12 @@ def test_sweep_on_truncated_shard_stops_naming_the_file(tmp_path, data_copy):
     import optuna
 
     from flower_exp.errors import DataError
-    from flower_exp.study import run_sweep
+    from flower_exp.study import SweepOptions, run_sweep
 
     shard = _truncate(data_copy)
     project = write_project(tmp_path / "p", str(data_copy), sweep={"trials": 3})
     with pytest.raises(DataError, match="corrupt or truncated shard") as exc:
-        run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None)
+        run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True), log=lambda m: None)
     assert str(exc.value).startswith(f"{shard}: ")
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(project / "mlruns" / "optuna" / "journal.log")))
@@ -492,7 +492,11 @@ def test_trial_with_invalid_configuration_is_not_counted_and_stops_the_sweep(tmp
 
     from flower_exp.config import load_experiment, load_sweep
     from flower_exp.errors import ConfigError
-    from flower_exp.study import ATTR_CONFIG_ERROR, SweepSpec, _count, _Objective, _worker_loop
+    from flower_exp.study.names import ATTR_CONFIG_ERROR
+    from flower_exp.study.objective import _Objective
+    from flower_exp.study.options import SweepSpec
+    from flower_exp.study.scoring import _count
+    from flower_exp.study.workers import _worker_loop
 
     project = write_project(tmp_path / "p", demo_root, sweep={"params": {"epochs": {"low": 1, "high": 2.0}}, "fixed": {}})
     sweep_path = project / "sweeps" / "tiny.yaml"
@@ -517,7 +521,7 @@ def test_trial_with_invalid_configuration_is_not_counted_and_stops_the_sweep(tmp
                                  "sqlite:///file::memory:?cache=shared&uri=true"])
 def test_in_memory_sqlite_storage_is_refused(url):
     from flower_exp.errors import FlowerExpError
-    from flower_exp.study import _refuse_in_memory_storage
+    from flower_exp.study.storage import _refuse_in_memory_storage
 
     with pytest.raises(FlowerExpError, match="an in-memory database is lost when the sweep exits"):
         _refuse_in_memory_storage(url)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
-from flower_exp.best import run_best, select_runs
+from flower_exp.best import BestOptions, run_best, select_runs
 from flower_exp.config import load_experiment
 from flower_exp.errors import FlowerExpError
 from flower_exp.tracking import Tracker, TrackingTarget
@@ -49,8 +49,8 @@ def test_select_runs_orders_by_metric_and_diversifies(trained):
 def test_best_logs_ensemble_refits_exports_and_predicts(trained, cli, tmp_path):
     project, tracker = trained
     out = tmp_path / "export"
-    result = run_best(config=project / "experiments.yaml", top=3, trials=15, export=str(out), refit=True,
-                      force_ensemble=True, log=lambda m: None)
+    result = run_best(BestOptions(config=project / "experiments.yaml", top=3, trials=15, export=str(out), refit=True,
+                                  force_ensemble=True), log=lambda m: None)
     report = result.report
     assert 0.0 <= report.holdout_ensemble <= 1.0 and 0.0 <= report.holdout_best_single <= 1.0
     ens = tracker.client.get_run(result.ensemble_run_id)
@@ -103,7 +103,7 @@ def test_export_with_a_deleted_model_artifact_fails_the_ensemble_run(trained, tm
     best = select_runs(tracker, study=None, top=1)[0]
     out = tmp_path / "export"
     with _hidden(_artifact_dir(tracker, best.run_id) / "model", tmp_path), pytest.raises(FlowerExpError) as exc:
-        run_best(config=project / "experiments.yaml", top=1, method="mean", export=str(out), log=lambda m: None)
+        run_best(BestOptions(config=project / "experiments.yaml", top=1, method="mean", export=str(out)), log=lambda m: None)
     assert str(exc.value).startswith(f"run {best.run_id}: artifact model/model.keras cannot be read (")
     assert "\n" not in str(exc.value) and not out.exists()
     ensemble = tracker.client.search_runs([tracker.experiment_id], "tags.`flower_exp.kind` = 'ensemble'",

@@ -11,7 +11,7 @@ from flower_exp.budget import fmt_s, parse_minutes
 from flower_exp.errors import FlowerExpError
 from flower_exp.progress import QuietProgress, epoch_status
 from flower_exp.config import HeartbeatConfig
-from flower_exp.study import open_storage, run_sweep
+from flower_exp.study import SweepOptions, open_storage, run_sweep
 
 # Far more epochs than a budget of seconds allows: only the budget can end these runs.
 ENDLESS = 5000
@@ -58,12 +58,12 @@ def project(tmp_path, demo_root):
 def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     import optuna
 
-    from flower_exp.best import run_best
-    from flower_exp.study import ATTR_STOPPED_BY
+    from flower_exp.best import BestOptions, run_best
+    from flower_exp.study.names import ATTR_STOPPED_BY
     from flower_exp.tracking import Tracker, TrackingTarget
 
     events = []
-    result = run_sweep(sweep="endless", config=project / "experiments.yaml", budget_min=0.25, quiet=True,
+    result = run_sweep(SweepOptions(sweep="endless", config=project / "experiments.yaml", budget_min=0.25, quiet=True),
                        log=lambda m: None, on_event=events.append)
     assert result.counts["running"] == 0 and result.counts["complete"] == 0
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(result.storage_url, HeartbeatConfig()))
@@ -88,8 +88,8 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     parent = tracker.client.get_run(result.parent_run_id)
     assert parent.data.metrics["sweep_best_val_macro_f1_final"] == result.best[0]["value"]
 
-    best = run_best(study=result.study_name, top=1, export=str(project / "export"), config=project / "experiments.yaml",
-                    log=lambda m: None)
+    best = run_best(BestOptions(study=result.study_name, top=1, export=str(project / "export"),
+                                config=project / "experiments.yaml"), log=lambda m: None)
     assert [c.run_id for c in best.candidates] == [result.best[0]["run_id"]]
     assert (project / "export" / "ensemble.json").is_file()
 

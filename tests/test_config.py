@@ -262,7 +262,7 @@ def test_well_typed_sweep_values_pass(tmp_path, experiment):
 def test_float_setting_with_whole_number_bounds_samples_floats(tmp_path, experiment):
     import optuna
 
-    from flower_exp.study import suggest
+    from flower_exp.study.sampling import suggest
 
     path = tmp_path / "ok.yaml"
     path.write_text("params:\n  epochs: {low: 1, high: 2}\n  lr_max: {low: 1, high: 2}\n")
@@ -347,13 +347,13 @@ def test_invalid_study_names_are_refused_naming_the_pattern(name):
 
 
 def test_derived_study_name_is_checked_too(tmp_path):
-    from flower_exp.study import run_sweep
+    from flower_exp.study import SweepOptions, run_sweep
 
     (tmp_path / "data").mkdir()
     write_config(tmp_path, "experiments:\n  my exp: {data_dir: data, classes: [a, b]}\n")
     with pytest.raises(ConfigError, match=r"study name of -e my exp -s demo \(choose one with --study\): 'my exp-demo': "
                                           r"not a valid study name"):
-        run_sweep(config=tmp_path / "experiments.yaml", log=lambda m: None)
+        run_sweep(SweepOptions(config=tmp_path / "experiments.yaml"), log=lambda m: None)
     assert not (tmp_path / "mlruns").exists()
 
 

@@ -13,7 +13,9 @@ import yaml
 
 from flower_exp.config import HeartbeatConfig, load_experiment
 from flower_exp.errors import FlowerExpError
-from flower_exp.study import ATTR_CONTINUES, ATTR_RUN, open_storage, run_sweep, scored
+from flower_exp.study import SweepOptions, open_storage, run_sweep
+from flower_exp.study.names import ATTR_CONTINUES, ATTR_RUN
+from flower_exp.study.scoring import scored
 from flower_exp.tracking import Tracker, TrackingTarget
 
 # ``import flower_exp.train as m`` would give the public function (see flower_exp/__init__.py).
@@ -78,7 +80,7 @@ def test_budgeted_sweep_continues_its_best_trials_at_the_end(project):
     (project / "sweeps").mkdir()
     (project / "sweeps" / "cont.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     lines = []
-    result = run_sweep(sweep="cont", config=project / "experiments.yaml", budget_min=0.5, quiet=True, log=lines.append)
+    result = run_sweep(SweepOptions(sweep="cont", config=project / "experiments.yaml", budget_min=0.5, quiet=True), log=lines.append)
     assert result.counts["running"] == 0 and result.counts["waiting"] == 0
 
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(result.storage_url, HeartbeatConfig()))

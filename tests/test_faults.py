@@ -23,14 +23,8 @@ import yaml
 from flower_exp.config import ParamSpec, SamplerConfig
 from flower_exp.errors import Interrupted
 from flower_exp.signals import STOP_SIGNALS, exit_status, interrupt_once
-from flower_exp.study import (
-    ATTR_FAIL,
-    ATTR_PARENT,
-    ATTR_RETRY_OF,
-    ATTR_RUN,
-    make_sampler,
-    suggest,
-)
+from flower_exp.study.names import ATTR_FAIL, ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
+from flower_exp.study.sampling import make_sampler, suggest
 from flower_exp.tracking import TAG_ERROR, TAG_KIND, TAG_STATE
 from projects import TINY
 from test_sweep_distributed import STUDY, _journal_study, _local_client, _runs, _start, _stop

@@ -23,7 +23,8 @@ from conftest import assert_one_line_error
 from flower_exp import memory_estimate
 from flower_exp.config import HeartbeatConfig, load_experiment
 from flower_exp.errors import FlowerExpError, MemoryTooLarge
-from flower_exp.study import ATTR_FAIL, ATTR_NOT_RECORDED, ATTR_RETRY_OF, ATTR_RUN, open_storage, run_sweep
+from flower_exp.study import SweepOptions, open_storage, run_sweep
+from flower_exp.study.names import ATTR_FAIL, ATTR_NOT_RECORDED, ATTR_RETRY_OF, ATTR_RUN
 from flower_exp.tracking import TAG_ERROR, TAG_STATE, Tracker, TrackingTarget
 
 HUGE_BATCH = 100_000_000  # ~1 PB of activations at 64 px: beyond any machine this runs on
@@ -221,7 +222,7 @@ def test_full_artifact_store_fails_the_trial_and_rerun_completes(project):
     experiment_artifacts = project / "mlruns" / "artifacts" / "tiny"
     with full_or_unwritable(experiment_artifacts) as code:
         with pytest.raises(FlowerExpError) as caught:
-            run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None)
+            run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True), log=lambda m: None)
     message = str(caught.value)
     assert "\n" not in message and "trial 0: result not recorded" in message
     assert str(experiment_artifacts) in message and os.strerror(code) in message, message
@@ -231,7 +232,7 @@ def test_full_artifact_store_fails_the_trial_and_rerun_completes(project):
     run = tracker.client.get_run(study.trials[0].user_attrs[ATTR_RUN])
     assert run.info.status == "FAILED" and os.strerror(code) in run.data.tags[TAG_ERROR]
 
-    run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None)
+    run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True), log=lambda m: None)
     study = load_study(project)
     assert states(study) == Counter(COMPLETE=1, FAIL=1)
     assert study.trials[1].params == study.trials[0].params  # the same configuration, now recorded
@@ -344,7 +345,7 @@ def test_sweep_refused_and_oom_trials_fail_and_the_sweep_continues(project, monk
              "enqueue": [{"batch_size_per_replica": HUGE_BATCH}, {"batch_size_per_replica": 16},
                              {"batch_size_per_replica": 16, "cnn_width": 4}]}  # the third trains (not left to a draw)
     write_sweep(project, sweep)
-    run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None)
+    run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True), log=lambda m: None)
 
     study = load_study(project)
     trials = study.get_trials(deepcopy=False)

@@ -18,7 +18,8 @@ from conftest import assert_one_line_error
 from flower_exp import journal
 from flower_exp.config import HeartbeatConfig
 from flower_exp.errors import FlowerExpError
-from flower_exp.study import ATTR_PARENT, open_storage
+from flower_exp.study import open_storage
+from flower_exp.study.names import ATTR_PARENT
 from projects import write_project
 
 STUDY = "tiny-tiny"

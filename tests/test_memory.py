@@ -12,7 +12,7 @@ import logging
 
 import yaml
 
-from flower_exp.study import run_sweep
+from flower_exp.study import SweepOptions, run_sweep
 
 TRIALS = 4
 SWEEP = {
@@ -47,7 +47,7 @@ def test_trials_in_one_worker_leave_no_graphs_behind(tmp_path, demo_root, caplog
             after_trial.append(live_func_graphs())
 
     with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        result = run_sweep(sweep="mem", config=tmp_path / "experiments.yaml", quiet=True, log=lambda _m: None,
+        result = run_sweep(SweepOptions(sweep="mem", config=tmp_path / "experiments.yaml", quiet=True), log=lambda _m: None,
                            on_event=on_event)
     assert result.counts["complete"] == TRIALS and len(after_trial) == TRIALS
     # Each trial's new model traces its step functions afresh; TensorFlow's retracing detector

@@ -11,7 +11,8 @@ from conftest import REPO, assert_one_line_error
 from flower_exp.config import load_experiment, load_sweep
 from flower_exp.errors import FlowerExpError
 from flower_exp.runs import FIXED_COLUMNS, list_runs
-from flower_exp.study import run_sweep, study_status, suggest
+from flower_exp.study import SweepOptions, run_sweep, study_status
+from flower_exp.study.sampling import suggest
 from flower_exp.tracking import Tracker, TrackingTarget
 
 SWEEP = {
@@ -40,7 +41,7 @@ def project(tmp_path, demo_root):
 
 
 def sweep(project, **kwargs):
-    return run_sweep(sweep="tiny", config=project / "experiments.yaml", quiet=True, log=lambda m: None, **kwargs)
+    return run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True, **kwargs), log=lambda m: None)
 
 
 def tracker_for(project) -> Tracker:
@@ -191,7 +192,7 @@ def test_storage_and_worker_errors_exit_2(cli, project):
 def test_trial_line_says_where_a_pruned_trial_stopped():
     import optuna
 
-    from flower_exp.study import trial_line
+    from flower_exp.study.scoring import trial_line
 
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.5487, state=optuna.trial.TrialState.COMPLETE))
@@ -205,7 +206,7 @@ def test_trial_line_says_where_a_pruned_trial_stopped():
     assert trial_line(failed, None) == "trial 2 fail; best so far -"
 
     # The run of a pruned or stopped trial is renamed so the MLflow runs table shows it.
-    from flower_exp.study import ended_run_name
+    from flower_exp.study.scoring import ended_run_name
 
     study.add_trial(optuna.trial.create_trial(value=0.4, state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4},
                                               user_attrs={"epochs_run": 3, "stopped_by": "budget"}))

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flower_exp.study import ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN, HEARTBEAT_ATTR
+from flower_exp.study.names import ATTR_PARENT, ATTR_RETRY_OF, ATTR_RUN
+from flower_exp.study.storage import HEARTBEAT_ATTR
 from flower_exp.tracking import TAG_KIND, TAG_STATE
 from projects import write_project
 
@@ -147,7 +148,7 @@ def test_two_local_workers_share_the_journal_study_and_status_reports_it(cli, pr
     import optuna
 
     from flower_exp.config import SamplerConfig, load_sweep
-    from flower_exp.study import make_sampler, suggest
+    from flower_exp.study.sampling import make_sampler, suggest
 
     params = load_sweep(project / "sweeps" / "tiny.yaml").params
     expected = optuna.create_study(sampler=make_sampler(SamplerConfig(**SWEEP["sampler"]), params, seed=7))
@@ -272,7 +273,8 @@ def test_retried_trial_is_not_stale_when_a_worker_picks_it_up(tmp_path):
     from optuna.storages import fail_stale_trials
 
     from flower_exp.config import HeartbeatConfig
-    from flower_exp.study import StaleTrialHandler, open_storage
+    from flower_exp.study import open_storage
+    from flower_exp.study.storage import StaleTrialHandler
     from flower_exp.tracking import TrackingTarget
 
     target = TrackingTarget(f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts"))
@@ -367,7 +369,8 @@ def test_a_worker_stopped_by_an_error_fails_the_sweep(tmp_path, capfd):
     """A worker that exits with an error (here: its experiment is unknown, exit 2) makes the
     sweep fail too instead of exiting 0 with its study short."""
     from flower_exp.errors import FlowerExpError
-    from flower_exp.study import SweepSpec, _run_processes
+    from flower_exp.study.options import SweepSpec
+    from flower_exp.study.workers import _run_processes
 
     project = write_project(tmp_path, str(tmp_path / "data"), "tiny", SWEEP)
     spec = SweepSpec(config_path=str(project / "experiments.yaml"), experiment="missing", sweep_path=str(project / "sweeps" / "tiny.yaml"),
