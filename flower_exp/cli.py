@@ -491,16 +491,21 @@ def ui_argv(mlflow_bin: str, target, host: str = LOOPBACK, port: int = 5000) -> 
 
 @app.command("ui")
 def ui_command(
+    experiment: Annotated[
+        Optional[str], typer.Option("--experiment", "-e", help="Print only this experiment's pages (default: every experiment with runs).")
+    ] = None,
     tracking_uri: TrackingOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your runs to the network.")] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:
-    """Open the MLflow UI on this project's runs (http://127.0.0.1:5000 by default)."""
+    """Open the MLflow UI on this project's runs (http://127.0.0.1:5000 by default) and print the
+    pages to start from: each experiment's runs table, its latest sweep and a comparison of its trials."""
     import os
     import shutil
 
     from .config import find_config, project_dir
-    from .tracking import default_target, prepare_store, redact
+    from .tracking import default_target, prepare_store, redact, sweep_overviews
+    from .ui_links import base_url, links
 
     target = default_target(project_dir(find_config(state.config)), tracking_uri)
     # Create a new project's store here, under flower-exp's lock: `mlflow ui` would migrate it
@@ -513,7 +518,19 @@ def ui_command(
     if mlflow_bin is None:
         raise FlowerExpError("the mlflow command is not installed; pip install mlflow")
     command, ui_env = ui_argv(mlflow_bin, target, host, port)
-    err.print(f"MLflow UI for {escape(redact(target.uri))} on http://{host}:{port} (Ctrl-C to stop)")
+    base = base_url(host, port)
+    err.print(f"MLflow UI for {escape(redact(target.uri))} on {base} (Ctrl-C to stop)")
+    try:
+        pages = links(sweep_overviews(target), base, experiment)
+    except FlowerExpError as exc:
+        # The server may still come up (a database that is starting); it reports its own errors.
+        err.print(f"[yellow]could not list the runs: {escape(str(exc))}[/yellow]", soft_wrap=True)
+    else:
+        for page in pages:
+            err.print(f"  {escape(page.label)}: {escape(page.url)}", soft_wrap=True)
+        if not pages:
+            where = f" in experiment {experiment}" if experiment else ""
+            err.print(f"  no runs yet{escape(where)}: start with flower-exp sweep", soft_wrap=True)
     # The user's environment may switch the job runner back on, but not change the store.
     env = {**ui_env, **os.environ, "MLFLOW_BACKEND_STORE_URI": target.uri}
     sys.stdout.flush()

@@ -51,6 +51,7 @@ from .export_format import (
     load_export_document,
 )
 # The pyfunc predicts with the same code as flower-exp predict (the writer needs only the format).
+from .fetch import MAX_BYTES
 from .predictor import predict_payloads, read_source
 
 PYFUNC_CODE_FILE = "ensemble_pyfunc.py"
@@ -70,6 +71,10 @@ mlflow.models.set_model(EnsemblePyfunc(os.path.dirname(os.path.abspath(__file__)
 # mlflow.pyfunc.save_model runs the code file through process-global state (set_model);
 # two exports saving at once in one process must not interleave there.
 _SAVE_LOCK = threading.Lock()
+# The column a REST client sends images in: JSON carries no bytes.
+BASE64_COLUMN = "image_base64"
+# Set by `mlflow models serve` in the scoring server's environment (mlflow.pyfunc.scoring_server).
+_SERVED_ENV = "__pyfunc_model_path__"
 
 
 @dataclass
@@ -394,17 +399,17 @@ def _save_pyfunc(path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="flower-exp-pyfunc-") as code_dir:
         code = Path(code_dir) / PYFUNC_CODE_FILE
         code.write_text(_PYFUNC_CODE, encoding="utf-8")
-        # Pinned to the writer's version; TensorFlow comes with flower-exp's [cpu]/[gpu] extra
-        # or the platform (TPU VMs), so it is not forced here. Listing requirements explicitly
-        # also skips MLflow's dependency inference, which would load the model.
-        requirement = "flower-exp" if "+" in __version__ else f"flower-exp=={__version__}"
+        # Pinned to the writer's versions, so a fresh environment (`mlflow models serve` with a
+        # virtualenv) gets the TensorFlow and Keras the members were saved with. Listing them
+        # explicitly also skips MLflow's dependency inference, which would load the model.
+        requirements = ["flower-exp" if "+" in __version__ else f"flower-exp=={__version__}", *_framework_requirements()]
         mlflow_logger = logging.getLogger("mlflow")
         level = mlflow_logger.level
         # "Failed to infer model signature" is expected: inputs are paths or bytes, by design.
         mlflow_logger.setLevel(logging.ERROR)
         try:
             with _SAVE_LOCK:
-                mlflow.pyfunc.save_model(str(path), python_model=str(code), pip_requirements=[requirement])
+                mlflow.pyfunc.save_model(str(path), python_model=str(code), pip_requirements=requirements)
         except mlflow.exceptions.MlflowException as exc:
             # MLflow rewords a full disk while copying the code file as an "invalid code path".
             cause = exc.__cause__ or exc.__context__
@@ -415,6 +420,21 @@ def _save_pyfunc(path: Path) -> None:
             mlflow_logger.setLevel(level)
 
 
+def _framework_requirements() -> list[str]:
+    """The installed TensorFlow distribution (tensorflow, tensorflow-cpu, ...) and Keras, pinned."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for names in (("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly"), ("keras",)):
+        for name in names:
+            try:
+                out.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+    return out
+
+
 # --------------------------------------------------------------------------- MLflow
 
 
@@ -422,11 +442,16 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc over an export folder.
 
     ``predict`` takes a DataFrame with an ``image`` column (or a single column), a Series, or a
-    list, holding image bytes or local file paths; it returns one row per image with
-    ``label``, ``label_index``, ``probability``, ``error`` (``None`` unless that image failed;
-    its other columns are then empty) and one probability column per class. URLs are not
-    fetched here: a served model that downloads whatever a request names is an SSRF hole
-    (``flower-exp predict`` fetches http(s) URLs).
+    list, holding image bytes or local file paths, or a DataFrame with an ``image_base64``
+    column of base64 text (what a REST client of ``mlflow models serve`` sends; a ``data:``
+    URL prefix is accepted). It returns one row per image with ``label``, ``label_index``,
+    ``probability``, ``error`` (``None`` unless that image failed; its other columns are then
+    empty) and one probability column per class. When no image of the input can be read it
+    raises an MLflow invalid-parameter error instead (HTTP 400 from the scoring server).
+
+    URLs are not fetched here: a served model that downloads whatever a request names is an
+    SSRF hole (``flower-exp predict`` fetches http(s) URLs); for the same reason a served model
+    reads no file paths, only the images a request carries.
     """
 
     def __init__(self, root: str | None = None):
@@ -443,6 +468,10 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: D102
         if self.ensemble is None:
             self.load_context(context)
+        if isinstance(model_input, pd.DataFrame) and BASE64_COLUMN in model_input.columns:
+            names, payloads = _base64_payloads(list(model_input[BASE64_COLUMN]))
+            return self._predict(names, payloads)
+        served = _SERVED_ENV in os.environ
         values = _input_values(model_input)
         names, payloads = [], []
         for value in values:
@@ -455,12 +484,50 @@ class EnsemblePyfunc(mlflow.pyfunc.PythonModel):
                 payloads.append(f"unsupported input {type(value).__name__}; pass image bytes or a file path")
                 continue
             names.append(value)
+            if served:
+                payloads.append(f"a served model reads no file paths; send the image as base64 in a column {BASE64_COLUMN!r}")
+                continue
             try:
                 payloads.append(read_source(value, fetch=_no_fetch))
             except FlowerExpError as exc:
                 payloads.append(str(exc))
+        return self._predict(names, payloads)
+
+    def _predict(self, names: list[str], payloads: list[bytes | str]) -> pd.DataFrame:
         items = predict_payloads(self.ensemble, names, payloads, top=1)
+        if items and all(item.error for item in items):
+            from mlflow.exceptions import MlflowException
+
+            shown = "; ".join(f"row {i}: {item.error}" for i, item in enumerate(items[:3]))
+            more = f" (and {len(items) - 3} more)" if len(items) > 3 else ""
+            raise MlflowException.invalid_parameter_value(f"no image could be read: {shown}{more}")
         return _frame(items, self.ensemble.class_names)
+
+
+def _base64_payloads(values: list[Any]) -> tuple[list[str], list[bytes | str]]:
+    """Names and image bytes (or the error, as text) of base64 values, each checked against
+    the size limit before it is decoded."""
+    import base64
+    import binascii
+
+    limit = 4 * math.ceil(MAX_BYTES / 3)
+    names: list[str] = []
+    payloads: list[bytes | str] = []
+    for i, value in enumerate(values):
+        names.append(f"<row {i}>")
+        if not isinstance(value, str):
+            payloads.append(f"{BASE64_COLUMN} must be base64 text, got {type(value).__name__}")
+            continue
+        text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+        text = "".join(text.split())  # line-wrapped base64 (`base64` without -w0) is still base64
+        if len(text) > limit:
+            payloads.append(f"{len(text)} characters of base64 is above the limit of {MAX_BYTES} bytes; not decoded")
+            continue
+        try:
+            payloads.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            payloads.append(f"{BASE64_COLUMN} is not valid base64")
+    return names, payloads
 
 
 def _no_fetch(url: str) -> bytes:

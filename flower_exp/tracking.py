@@ -22,12 +22,20 @@ from typing import Any
 
 from .errors import FlowerExpError, RecordingFailed
 
+# MLflow's own tag names (mlflow.utils.mlflow_tags), spelled out so this module imports without MLflow.
+MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+MLFLOW_SOURCE_NAME = "mlflow.source.name"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
+MLFLOW_GIT_DIRTY = "mlflow.source.git.dirty"
 TAG_PREFIX = "flower_exp."
 TAG_STATE = TAG_PREFIX + "state"  # finished | pruned | stopped | failed | killed (sweep parents: also running, incomplete)
 TAG_ERROR = TAG_PREFIX + "error"
 TAG_KIND = TAG_PREFIX + "kind"  # train | trial | sweep | refit | ensemble | export
 TAG_STUDY = TAG_PREFIX + "study"
 TAG_SUGGESTED = TAG_PREFIX + "suggested"  # a trial's suggested values, JSON in search-space order
+# MLflow 3's UI opens an experiment without this tag as GenAI (traces, token usage); ours train models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # A trial logs each searched value twice: under its own name among every setting, and under
 # this prefix, so that the MLflow UI lists the searched ones together (easy to pick as columns).
 SEARCH_PARAM_PREFIX = "search."
@@ -92,7 +100,9 @@ class Tracker:
             if found is None:
                 location = Path(target.artifact_root, experiment).as_uri() if target.artifact_root else None
                 try:
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                    )
                 except Exception:
                     # Another process (a second machine starting the same sweep) created it just now.
                     found = self.client.get_experiment_by_name(experiment)
@@ -101,6 +111,8 @@ class Tracker:
                     self.experiment_id = found.experiment_id
             else:
                 self.experiment_id = found.experiment_id
+                if EXPERIMENT_KIND_TAG not in found.tags:  # made by an older flower-exp or by hand
+                    self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except Exception as exc:
             if isinstance(exc, FlowerExpError):
                 raise
@@ -141,6 +153,22 @@ class Tracker:
         """Set tags on a run."""
         for key, value in tags.items():
             self._call(self.client.set_tag, run_id, key, redact(str(value))[:5000])
+
+    def log_dataset(self, run_id: str, dataset: DatasetRecord) -> None:
+        """Record the data a run read as an MLflow dataset input (the UI's Dataset column)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entity = Dataset(
+            name=dataset.name,
+            digest=dataset.digest,
+            source_type=dataset.source_type,
+            source=json.dumps({"uri": redact(dataset.source)}),
+            profile=json.dumps(dataset.profile),
+        )
+        tag = InputTag(key="mlflow.data.context", value=dataset.context)
+        self._call(self.client.log_inputs, run_id, datasets=[DatasetInput(entity, tags=[tag])])
 
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
         """Upload a file or folder."""
@@ -257,6 +285,32 @@ class Tracker:
             self.end(run_id, status)
         except Exception as exc:  # noqa: BLE001 - depends on a failing store
             logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, exc)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What a run read, as MLflow records a dataset input."""
+
+    name: str
+    digest: str  # changes when the data does (flower_exp.data.leakage.data_fingerprint)
+    source: str  # the data folder (local path or gs:// URL)
+    profile: dict[str, Any]  # split counts, classes, image size
+    context: str  # training | refit
+
+    @property
+    def source_type(self) -> str:
+        return "gcs" if self.source.startswith("gs://") else "local"
+
+
+def source_tags(path: str | os.PathLike) -> dict[str, str]:
+    """MLflow's standard source tags for a run of the project at ``path``: the runs table's
+    Source column and, in a git checkout, the commit (``mlflow.source.git.dirty`` when modified)."""
+    tags = {MLFLOW_SOURCE_TYPE: "LOCAL", MLFLOW_SOURCE_NAME: "flower-exp"}
+    commit = git_commit(path)
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit.removesuffix("+dirty")
+        tags[MLFLOW_GIT_DIRTY] = str(commit.endswith("+dirty")).lower()
+    return tags
 
 
 def git_commit(path: str | os.PathLike) -> str | None:
@@ -409,3 +463,51 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # One "Retrying ..." warning per attempt would bury the single line that says what failed.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class SweepOverview:
+    """An experiment of a store and its latest sweep, as ``flower-exp ui`` links them."""
+
+    experiment: str
+    experiment_id: str
+    study: str | None  # the latest sweep's study; None: the experiment has no sweep
+    parent_run_id: str | None
+    trial_run_ids: list[str]  # that sweep's trials that trained (best first)
+
+
+def sweep_overviews(target: TrackingTarget, metric: str = "best_val_macro_f1") -> list[SweepOverview]:
+    """Every active experiment of ``target`` that has runs, with its most recently started
+    sweep and that sweep's trained trials ordered by ``metric`` (read-only: creates nothing)."""
+    from mlflow.tracking import MlflowClient
+
+    _quiet_mlflow()
+    bound_http_retries()
+    _check_server(target.uri)
+    try:
+        client = MlflowClient(tracking_uri=target.uri)
+        out = []
+        for exp in client.search_experiments(order_by=["name ASC"]):
+            runs = client.search_runs([exp.experiment_id], max_results=1)
+            if not runs:
+                continue
+            parents = client.search_runs(
+                [exp.experiment_id], f"tags.`{TAG_KIND}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+            )
+            if not parents:
+                out.append(SweepOverview(exp.name, exp.experiment_id, None, None, []))
+                continue
+            parent = parents[0]
+            trials = client.search_runs(
+                [exp.experiment_id],
+                f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and tags.`{TAG_KIND}` = 'trial'",
+                order_by=[f"metrics.`{metric}` DESC"],
+                max_results=1000,
+            )
+            trained = [r.info.run_id for r in trials if metric in r.data.metrics]
+            out.append(SweepOverview(exp.name, exp.experiment_id, parent.data.tags.get(TAG_STUDY), parent.info.run_id, trained))
+        return out
+    except Exception as exc:
+        if isinstance(exc, FlowerExpError):
+            raise
+        raise _store_unavailable(target.uri, exc) from None

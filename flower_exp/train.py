@@ -32,10 +32,12 @@ from .tracking import (
     TAG_KIND,
     TAG_PREFIX,
     TAG_STATE,
+    DatasetRecord,
     Tracker,
     default_target,
     git_commit,
     package_versions,
+    source_tags,
 )
 
 EPOCH_METRICS = (
@@ -149,7 +151,8 @@ def run(
     if tracker is None:
         tracker = Tracker(default_target(project_dir(Path(exp.config_path)), tracking_uri), cfg.name)
     name = run_name or f"{cfg.architecture}-{cfg.image_size}px"
-    run_tags = {TAG_KIND: "train", TAG_PREFIX + "architecture": cfg.architecture, **(tags or {})}
+    run_tags = {TAG_KIND: "train", TAG_PREFIX + "architecture": cfg.architecture,
+                **source_tags(Path(exp.config_path).parent), **(tags or {})}
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
@@ -186,15 +189,17 @@ def refit(
     data = open_data(exp, log=say)
     extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
     train_files = pipeline.split_files(data.root, "train+val", cfg.image_size, extra)
-    tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture}
+    tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture,
+            **source_tags(Path(exp.config_path).parent)}
     named = pipeline.shard_errors_named(train_files, num_classes=len(data.class_names))
     with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, named, _freeing_run_memory():
         acc, global_batch, schedule = _setup(cfg, say)
         steps = pipeline.steps_per_epoch(train_files.count, global_batch, acc.drop_remainder)
         prep = Preprocessing.choose(cfg, acc)
         train_ds = _training_data(data, "train+val", cfg, global_batch, acc, prep)
-        tracker.log_params(run_id, {**_run_params(exp, data, train_files, acc, global_batch, steps, prep),
-                                    "epochs": epochs, "refit_of": refit_of})
+        params = _run_params(exp, data, train_files, acc, global_batch, steps, prep)
+        tracker.log_params(run_id, {**params, "epochs": epochs, "refit_of": refit_of})
+        tracker.log_dataset(run_id, _dataset(data, cfg, params["data_fingerprint"], "refit", **{"train+val": train_files.count}))
         model, network = _compiled_model(cfg, acc, schedule, len(data.class_names), prep)
         timer = _EpochTimer(steps * global_batch)
         logger = _Logger(tracker, run_id, schedule, acc.replicas, epochs, say, None)
@@ -240,9 +245,10 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     val_pairs = val_ds.map(lambda image, label, record_id: (image, label))
     val_images = val_ds.map(lambda image, label, record_id: image)
 
-    tracker.log_params(
-        run_id,
-        _run_params(exp, data, train_files, acc, global_batch, steps, prep, val_images=val_files.count),
+    params = _run_params(exp, data, train_files, acc, global_batch, steps, prep, val_images=val_files.count)
+    tracker.log_params(run_id, params)
+    tracker.log_dataset(
+        run_id, _dataset(data, cfg, params["data_fingerprint"], "training", train=train_files.count, val=val_files.count)
     )
 
     # --- model
@@ -484,6 +490,15 @@ def _run_params(exp, data, train_files, acc, global_batch, steps, prep: Preproce
         "git_commit": git_commit(Path(exp.config_path).parent) or "none",
         **{f"version.{k}": v for k, v in package_versions().items()},
     }
+
+
+def _dataset(data, cfg: ExperimentConfig, fingerprint: str, context: str, **counts: int) -> DatasetRecord:
+    """The run's data as an MLflow dataset input: the split folder's name, the fingerprint the
+    params carry, and the image counts of the splits read (extra sources included)."""
+    name = Path(data.root.rstrip("/")).name or cfg.name
+    profile = {**counts, "classes": len(data.class_names), "image_size": cfg.image_size,
+               "extra_sources": len(data.extra)}
+    return DatasetRecord(name=name, digest=fingerprint, source=data.root, profile=profile, context=context)
 
 
 @contextmanager

@@ -125,7 +125,10 @@ def test_layout_and_ensemble_json(exported):
 
     mlmodel = (exported / "MLmodel").read_text()
     assert "python_function" in mlmodel and "mlflow.pyfunc.loaders.code_model" in mlmodel
-    assert "flower-exp" in (exported / "requirements.txt").read_text()
+    requirements = (exported / "requirements.txt").read_text()
+    # What a fresh environment needs to load the members: TensorFlow and Keras, pinned.
+    assert "flower-exp" in requirements and "keras==" in requirements
+    assert any(line.split("==")[0] in ("tensorflow", "tensorflow-cpu") for line in requirements.splitlines())
     assert "EnsemblePyfunc" in (exported / "ensemble_pyfunc.py").read_text()
 
 
@@ -195,6 +198,98 @@ def test_pyfunc_matches_predict_sources(exported, image_files):
     listed = pyfunc.predict([good[0], "http://127.0.0.1:9/x.jpg"])
     np.testing.assert_allclose(listed.loc[0, CLASSES].to_numpy(dtype=float), expected[0].probabilities, atol=1e-6)
     assert "not fetched" in listed.loc[1, "error"]
+
+
+def test_pyfunc_takes_base64_and_refuses_unreadable_input(exported, image_files):
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    pyfunc = mlflow.pyfunc.load_model(str(exported))
+    raw = Path(image_files[0]).read_bytes()
+    encoded = base64.b64encode(raw).decode()
+    frame = pyfunc.predict(pd.DataFrame({"image_base64": [encoded, "data:image/jpeg;base64," + encoded, "%%%"]}))
+    expected = predict_sources(load_export(str(exported)), [image_files[0]], top=4)[0].probabilities
+    for row in (0, 1):
+        np.testing.assert_allclose(frame.loc[row, CLASSES].to_numpy(dtype=float), expected, atol=1e-6)
+    assert frame.loc[2, "error"] == "image_base64 is not valid base64"
+    # Nothing readable at all: an invalid-parameter error (HTTP 400 when served), naming why.
+    with pytest.raises(MlflowException, match="no image could be read: row 0: .*not an image") as caught:
+        pyfunc.predict(pd.DataFrame({"image_base64": [base64.b64encode(b"hello").decode()]}))
+    assert caught.value.get_http_status_code() == 400
+
+
+@pytest.mark.slow
+def test_served_export_answers_base64_requests_on_loopback(exported, image_files, tmp_path):
+    """A real `mlflow models serve --env-manager local` process and real HTTP requests."""
+    import base64
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [mlflow_bin, "models", "serve", "-m", str(exported), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # The server execs `uvicorn` from PATH, as in an activated virtual environment.
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def post(rows: list[str], column: str = "image_base64") -> tuple[int, dict]:
+        body = json.dumps({"dataframe_split": {"columns": [column], "data": [[r] for r in rows]}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/ping", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(1)
+        encoded = base64.b64encode(Path(image_files[0]).read_bytes()).decode()
+        status, answer = post([encoded])
+        assert status == 200, answer
+        (row,) = answer["predictions"]
+        expected = predict_sources(load_export(str(exported)), [image_files[0]], top=4)[0]
+        assert row["label"] == expected.top[0][0] and row["probability"] == pytest.approx(expected.top[0][1], abs=1e-5)
+        # A non-image and an oversized payload: 400 with the reason, no stack trace.
+        too_big = "A" * (4 * (export_mod.MAX_BYTES // 3) + 8)
+        for rows, reason in (([base64.b64encode(b"not an image").decode()], "not an image"),
+                             ([too_big], "above the limit")):
+            status, answer = post(rows)
+            assert status == 400, answer
+            assert answer["error_code"] == "INVALID_PARAMETER_VALUE" and reason in answer["message"]
+            assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
+        # A file path on the server is not read for a request.
+        status, answer = post([image_files[0]], column="image")
+        assert status == 400 and "reads no file paths" in answer["message"], answer
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def test_register_in_sqlite_store(member_models, tmp_path):

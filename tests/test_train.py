@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +55,26 @@ def artifacts(tracker, run_id) -> set[str]:
 
 
 def test_cnn_run_logs_everything_and_model_reproduces_val_probs(project, tracker):
+    # A project in a git checkout: the run carries MLflow's standard source tags.
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "experiments.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     exp = load_experiment(config=project)
     result = run(exp, tracker=tracker, progress=None)
     assert result.state == "finished" and result.epochs_run == 2
     data = tracker.client.get_run(result.run_id).data
+    assert data.tags["mlflow.source.git.commit"] == head and data.tags["mlflow.source.git.dirty"] == "false"
+    assert data.tags["mlflow.source.name"] == "flower-exp"
+    # The data it read is an MLflow dataset input: the fingerprint the params carry, split counts.
+    (logged,) = tracker.client.get_run(result.run_id).inputs.dataset_inputs
+    assert logged.dataset.digest == data.params["data_fingerprint"]
+    assert logged.dataset.name == Path(exp.data_dir).name
+    assert json.loads(logged.dataset.profile) == {"train": int(data.params["train_images"]),
+                                                  "val": int(data.params["val_images"]), "classes": 4,
+                                                  "image_size": 32, "extra_sources": 0}
+    assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
     assert tracker.client.get_run(result.run_id).info.status == "FINISHED"
     assert data.tags[TAG_STATE] == "finished"
     for key in ("architecture", "image_size", "batch_size_per_replica", "lr_max", "lr_min", "epochs", "weights",
