@@ -17,6 +17,7 @@ from .errors import MissingDependencyError
 
 _INSTALL_HINT = {
     "tensorflow": "pip install -e '.[cpu]' (or '.[gpu]'; on a TPU VM use the TensorFlow already installed)",
+    "optuna_dashboard": "pip install optuna-dashboard",
 }
 
 

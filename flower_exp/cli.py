@@ -464,8 +464,8 @@ def predict_command(
 LOOPBACK = "127.0.0.1"
 
 
-def bind_warning(host: str) -> str | None:
-    """The warning for a server bound to ``host``; None for a loopback address."""
+def bind_warning(host: str, what: str = "your runs") -> str | None:
+    """The warning for a server of ``what`` bound to ``host``; None for a loopback address."""
     import ipaddress
 
     try:
@@ -474,7 +474,7 @@ def bind_warning(host: str) -> str | None:
         loopback = False
     if loopback:
         return None
-    return f"warning: binding to {host}: anyone who can reach this machine can read and change your runs"
+    return f"warning: binding to {host}: anyone who can reach this machine can read and change {what}"
 
 
 def ui_argv(mlflow_bin: str, target, host: str = LOOPBACK, port: int = 5000) -> tuple[list[str], dict[str, str]]:
@@ -537,6 +537,32 @@ def ui_command(
     sys.stderr.flush()
     # Become the server, so signals (Ctrl-C, kill) reach it directly and nothing is orphaned.
     os.execve(mlflow_bin, command, env)
+
+
+@app.command("dashboard")
+def dashboard_command(
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default: the project's journal file).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your studies to the network.")] = LOOPBACK,
+    port: Annotated[int, typer.Option(help="Port of the dashboard.")] = 8080,
+) -> None:
+    """Live view of the project's Optuna studies (optuna-dashboard: history, importances, trials
+    as they finish), also while a sweep is running; http://127.0.0.1:8080 by default."""
+    from .study.dashboard import dashboard_studies, resolve_storage, serve_dashboard
+    from .tracking import redact
+    from .ui_links import base_url
+
+    url = resolve_storage(storage, state.config)
+    warning = bind_warning(host, "your studies")
+    if warning:
+        err.print(f"[yellow]{escape(warning)}[/yellow]")
+    base = base_url(host, port)
+    studies = dashboard_studies(url, base)
+    err.print(f"Optuna dashboard for {escape(redact(url))} on {base}/dashboard (Ctrl-C to stop)")
+    for study in studies:
+        err.print(f"  {escape(study.name)} ({study.trials} trials): {escape(study.url)}", soft_wrap=True)
+    if not studies:
+        err.print("  no studies yet: start one with flower-exp sweep")
+    serve_dashboard(url, host, port)
 
 
 # --------------------------------------------------------------------------- models
