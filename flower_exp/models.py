@@ -166,24 +166,24 @@ def backbone(network: Any) -> Any:
     return next(layer for layer in network.layers if isinstance(layer, keras.Model))
 
 
-def set_backbone_trainable(network: Any, top_layers: int | str) -> tuple[int, int]:
+def set_backbone_trainable(network: Any, top_layers: int | str) -> None:
     """Freeze the backbone of ``network`` except its top ``top_layers`` layers (``"all"``: every
-    layer; 0: none; more than it has: all of them) and all its BatchNormalization layers, and
-    leave the head trainable. Returns ``(layers made trainable, layers of the backbone)``.
+    layer; 0: none; more than it has: all of them) and all its BatchNormalization layers; the
+    head stays trainable. The caller recompiles: Keras applies ``trainable`` only on ``compile``.
 
-    Why BatchNormalization stays frozen even in the trainable top layers (the Keras
+    Why BatchNormalization stays frozen even among the trainable top layers (the Keras
     transfer-learning guide's advice): in Keras 3 a frozen BatchNormalization layer runs in
-    inference mode, normalising with the moving statistics learnt on the large pretraining
-    set. Trained on a small dataset's batches instead, those statistics move away from what the
-    pretrained weights after them expect, and the updates to them wreck what was learnt.
-    The caller recompiles the model: Keras only applies a change of ``trainable`` on ``compile``.
+    inference mode, normalising with the moving statistics of the pretraining data, which the
+    pretrained layers after it learnt to expect. Left trainable, it would normalise with the
+    statistics of a small dataset's few, noisy batches and pull its moving statistics towards
+    them, so the first fine-tuning steps would see inputs unlike pretraining's and wreck what
+    the backbone learnt.
     """
     keras = _keras()
     layers = backbone(network).layers
     count = len(layers) if top_layers == "all" else min(int(top_layers), len(layers))
     for index, layer in enumerate(layers):
         layer.trainable = index >= len(layers) - count and not isinstance(layer, keras.layers.BatchNormalization)
-    return count, len(layers)
 
 
 def custom_objects() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from conftest import assert_one_line_error
 from flower_exp.config import load_experiment, load_sweep
 from flower_exp.errors import ConfigError
 from flower_exp.tracking import Tracker, TrackingTarget
-from flower_exp.train import EPOCH_METRICS, Phase, phases, run
+from flower_exp.train import EPOCH_METRICS, Phase, phases, refit, run
 
 TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "epochs": 2, "architecture": "cnn",
         "cnn_width": 8, "cnn_depth": 2, "lr_rampup_epochs": 0, "lr_sustain_epochs": 1, "lr_max": 3e-3}
@@ -132,6 +132,13 @@ def test_frozen_head_then_fine_tuned_top_layers_in_one_run(project, tracker, mon
     assert params["phases"] == (f"epochs 1-2: head only, backbone frozen; epochs 3-3: head and top 30 of {len(layers)} "
                                 "backbone layers (BatchNormalization frozen)")
     assert params["weights_file"] == str(file)
+
+    # A refit follows the same phases (here over 2 epochs with one frozen).
+    one_frozen = load_experiment(config=project, overrides=[*TRANSFER, "freeze_backbone_epochs=1"])
+    refit_id = refit(one_frozen, 2, tracker=tracker, refit_of=result.run_id, progress=None)
+    assert client.get_run(refit_id).data.params["phases"].startswith("epochs 1-1: head only, backbone frozen; epochs 2-2: head")
+    refit_trainable = [m.value for m in client.get_metric_history(refit_id, "trainable_params")]
+    assert refit_trainable[0] == trainable[0] and refit_trainable[1] == trainable[2]
 
 
 def test_phases():
