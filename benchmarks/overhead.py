@@ -1,8 +1,8 @@
 """Benchmark 2: harness overhead — a flower-exp trial vs a bare ``model.fit`` on the same work.
 
-Both variants train the same model (``train._compiled_model``: the configured CNN, Adam,
-sparse cross-entropy, accuracy; the bare script recompiles it without the harness' macro-F1
-metric) on the same tf.data pipelines (``train._training_data`` for training,
+Both variants train the same model (``train._built_model``: the configured CNN; the harness
+compiles it with Adam, sparse cross-entropy, accuracy and its macro-F1 metric, the bare script
+without the metric) on the same tf.data pipelines (``train._training_data`` for training,
 ``pipeline.make_dataset("val")`` for validation) for the same epochs, in one process,
 alternating bare and harness runs. Both validate with ``model.fit(validation_data=...)``;
 the trial is ``train.run`` with MLflow logging, the streaming val macro-F1, best-epoch keeping,
@@ -142,7 +142,7 @@ def run_bare(exp) -> tuple[list[float], list[float], list[float]]:
     prep = train.Preprocessing.choose(cfg, acc)
     train_ds = train._training_data(data, "train", cfg, global_batch, acc, prep)
     val_ds = train.validation_data(data, cfg, global_batch, prep)
-    model, _network = train._compiled_model(cfg, acc, schedule, len(data.class_names), prep)
+    model, _network = train._built_model(cfg, acc, len(data.class_names), prep, exp.weights_dir)
     # What a hand-written script compiles: no macro-F1 metric (that cost belongs to the harness).
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
                   loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -265,7 +265,7 @@ def main(argv=None) -> None:
     notes = (
         f"Method: demo data at {size} px (6 classes, {per_class} images per class), CNN width 16, depth 3, "
         f"batch 32, {epochs} epochs per run, {rounds} rounds alternating bare/trial order. Both variants "
-        "build the model with `flower_exp.train._compiled_model` and the data with the same "
+        "build the model with `flower_exp.train._built_model` and the data with the same "
         "`flower_exp.data.pipeline.make_dataset` calls a trial makes, so only the harness differs. "
         "Epoch time is wall time from one epoch's end (after every callback) to the next, so both "
         "variants' validation passes count. The first epoch "

@@ -624,6 +624,50 @@ def models_command(
     out.print("next: flower-exp train --set architecture=NAME --set weights=none   (or a sweep's params/fixed)")
 
 
+@app.command("weights")
+def weights_command(
+    names: Annotated[
+        Optional[list[str]], typer.Argument(help="Only these architectures: names or patterns, e.g. 'efficientnet_b*'.")
+    ] = None,
+    experiment: ExperimentOpt = None,
+    urls: Annotated[bool, typer.Option("--urls", help="Also print the URL each listed file downloads from, one a line.")] = False,
+) -> None:
+    """The pretrained weights file each architecture and `weights` value needs, where flower-exp looks
+    for it (the experiment's weights_dir, $FLOWER_EXP_WEIGHTS, Keras' cache) and whether it is there.
+    A file found is used as is, without downloading: copy the files to an offline machine."""
+    from .config import experiment_settings, weights_dir_of
+    from .models import find_weights_file, select_models, weights_file, weights_folders
+
+    specs = select_models(names or [])
+    config_path, name, settings = experiment_settings(experiment, state.config)
+    weights_dir = weights_dir_of(settings, config_path)
+    table = Table(title="pretrained weights files")
+    for column in ("architecture", "weights", "file", "present"):
+        table.add_column(column, no_wrap=column in ("architecture", "file"))
+    sources = []
+    for spec in specs:
+        for weights in spec.pretrained:
+            file, url = weights_file(spec, weights)
+            found = find_weights_file(spec, weights, weights_dir)
+            table.add_row(spec.name, weights, file, f"yes ({found[0]})" if found else "no")
+            sources.append(url)
+    out.print(table)
+    if urls:
+        # Unwrapped, one a line, so they can be copied or fed to a downloader (wget -i).
+        out.print("download URLs:")
+        for url in sources:
+            out.print(url)
+    out.print("looked for in this order; the first folder that has the file is used, without downloading:")
+    for number, (label, folder) in enumerate(weights_folders(weights_dir), 1):
+        where = f" of experiment {name!r}" if label == "weights_dir" else ""
+        out.print(f"  {number}. {label}{where}: {folder or 'not set'}")
+    scratch = [spec.name for spec in specs if not spec.pretrained]
+    if scratch:
+        out.print(f"{', '.join(scratch)}: no pretrained weights (trained from scratch)")
+    out.print("a missing file downloads on first use when online; offline, put it in one of the folders above"
+              + ("" if urls else " (--urls: where to get it)"))
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -638,6 +682,7 @@ def config_show(
     resolved = exp.config.model_dump(mode="json")
     resolved["data_dir"] = exp.data_dir
     resolved["cache_dir"] = exp.cache_dir
+    resolved["weights_dir"] = exp.weights_dir
     resolved["extra_data"] = [e.model_dump(mode="json") for e in exp.extra_data]
     if exp.class_names is not None:
         resolved["classes"] = exp.class_names

@@ -22,7 +22,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from .errors import ConfigError
 from .yaml_io import load_yaml
@@ -33,6 +44,21 @@ BUILTIN_CLASSES = {"petals": "petals-classes.txt"}
 BUILTIN_PREFIX = "builtin:"
 
 PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _layer_count(value: Any) -> int | str:
+    # One plain check instead of pydantic's union of int and "all", whose two errors would
+    # name the key as fine_tune_layers.int and never say that 'all' is allowed.
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise PydanticCustomError("layer_count", "Input should be a number of layers >= 0 or 'all'")
+
+
+# An alias, not a bare Annotated: pydantic strips a field's Annotated metadata from its
+# annotation, and sweep files are type-checked against the annotation (_check_type).
+LayerCount = TypeAliasType("LayerCount", Annotated[int | Literal["all"], PlainValidator(_layer_count)])
+# Settings of the transfer-learning recipe, and their values that leave it off.
+BACKBONE_SETTINGS = {"freeze_backbone_epochs": 0, "fine_tune_layers": "all"}
 
 
 def _one_of(value: str, allowed: Sequence[str], what: str) -> str:
@@ -138,6 +164,24 @@ class ExperimentConfig(_Strict):
         description="none, imagenet, noisy-student (efficientnet_ns_*), pretrained (the architecture's best published "
         "weights; none for cnn) or a local weights file of the headless network.",
     )
+    weights_dir: str | None = Field(
+        None,
+        description="Folder of pretrained weights files (relative to the config file), looked in first, then "
+        "$FLOWER_EXP_WEIGHTS, then Keras' cache (~/.keras/models); a file found is used without downloading "
+        "(flower-exp weights lists the file names).",
+    )
+    freeze_backbone_epochs: int = Field(
+        0,
+        ge=0,
+        description="Transfer learning: epochs that train only the new head, the pretrained backbone frozen, before "
+        "fine_tune_layers of it train too (0: no frozen phase). Needs an architecture with a backbone (not cnn).",
+    )
+    fine_tune_layers: LayerCount = Field(
+        "all",
+        description="Transfer learning: top layers of the backbone trained after the frozen epochs (all: every "
+        "one; 0: none, the backbone stays frozen; more than it has: all). Set either transfer key and the "
+        "backbone's BatchNormalization layers stay frozen throughout.",
+    )
     epochs: PositiveInt = Field(12, description="Maximum epochs (EarlyStopping may stop sooner).")
     early_stopping_patience: int = Field(
         4, ge=0, description="Epochs without val_macro_f1 improvement before stopping (best weights restored); 0 disables."
@@ -225,6 +269,40 @@ class ResolvedExperiment(BaseModel):
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def weights_dir(self) -> str | None:
+        """``weights_dir`` made absolute (relative to the project folder), or None. Resolved on
+        use, so a trial's or a refit's configuration copied over this one keeps its own."""
+        return weights_dir_of(self.config, Path(self.config_path))
+
+
+def weights_dir_of(exp: ExperimentConfig, config_path: Path) -> str | None:
+    """``exp.weights_dir`` made absolute against the project folder of ``config_path``, or None."""
+    return _abs(exp.weights_dir, project_dir(config_path)) if exp.weights_dir else None
+
+
+def backbone_conflict(key: str, value: Any, architecture: str) -> str | None:
+    """Why ``key: value`` cannot train ``architecture`` (a message after the key), or None: a transfer-learning setting
+    (:data:`BACKBONE_SETTINGS`) other than its off value needs a network with a pretrained
+    backbone, and ``cnn`` is trained from scratch as a whole."""
+    from .models import get_spec, list_models
+
+    off = BACKBONE_SETTINGS.get(key)
+    if key not in BACKBONE_SETTINGS or value == off or architecture not in list_models() or get_spec(architecture).has_backbone:
+        return None
+    return (f"{_shown(value)} needs an architecture with a backbone and {architecture} has none; allowed with "
+            f"{architecture}: {off} (with a backbone: densenet*, efficientnet*)")
+
+
+def check_backbone_settings(exp: ResolvedExperiment) -> None:
+    """Refuse, before a run starts, transfer-learning settings on an architecture without a
+    backbone (:func:`backbone_conflict`). Checked on the configuration a run trains, not when
+    a file is read: a sweep's experiment may set them for the architectures its trials pick."""
+    for key in BACKBONE_SETTINGS:
+        problem = backbone_conflict(key, getattr(exp.config, key), exp.config.architecture)
+        if problem:
+            raise ConfigError(f"{exp.config_path}: experiments.{exp.name}.{key}: {problem}")
 
 
 # --------------------------------------------------------------------------- sweeps
@@ -438,7 +516,37 @@ def load_sweep(
         for i, entry in enumerate(sweep.enqueue):
             for key, value in entry.items():
                 _check_setting(base, key, value, path, f"enqueue.{i}.{key}")
+        _check_backbone_combinations(sweep, base, path)
     return sweep
+
+
+def _check_backbone_combinations(sweep: SweepConfig, base: ExperimentConfig, path: Path) -> None:
+    """Refuse a sweep that can give a trial transfer-learning settings for an architecture
+    without a backbone (:func:`backbone_conflict`): that trial would stop the sweep. Each
+    architecture a trial can get is paired with every value each setting can take with it (a
+    searched one only where its ``when`` lets it be sampled with that architecture); ``base`` is
+    the experiment with the file's ``fixed`` applied."""
+    searched = sweep.params.get("architecture")
+    architectures = list(searched.choices or []) if searched else [base.architecture]
+    if searched is not None and searched.when:
+        architectures.append(base.architecture)  # not sampled when its condition fails
+    for architecture in architectures:
+        for key in BACKBONE_SETTINGS:
+            spec = sweep.params.get(key)
+            sampled = spec is not None and architecture in (spec.when or {}).get("architecture", [architecture])
+            values = spec.values_to_check() if sampled else [getattr(base, key)]
+            where = f"params.{key}" if sampled else f"fixed.{key}" if key in sweep.fixed else f"{key} (the experiment's)"
+            for value in values:
+                problem = backbone_conflict(key, value, architecture)
+                if problem:
+                    hint = "; or sample it only with those: when: {architecture: [...]}" if sampled else ""
+                    raise ConfigError(f"{path}: {where}: {problem}{hint}")
+    for i, entry in enumerate(sweep.enqueue):
+        architecture = entry.get("architecture", base.architecture)
+        for key in BACKBONE_SETTINGS:
+            problem = backbone_conflict(key, entry.get(key, getattr(base, key)), architecture)
+            if problem:
+                raise ConfigError(f"{path}: enqueue.{i}.{key}: {problem}")
 
 
 def sweep_overrides(
@@ -623,17 +731,11 @@ def load_file(path: str | os.PathLike | None = None) -> tuple[Path, ExperimentsF
     return config_path, parsed
 
 
-def load_experiment(
-    name: str | None = None,
-    config: str | os.PathLike | None = None,
-    overrides: list[str] | None = None,
-    env: dict[str, str] | None = None,
-) -> ResolvedExperiment:
-    """Load, override and resolve one experiment.
-
-    ``overrides`` are ``key=value`` strings (dotted keys for nested fields, values parsed as
-    YAML), as given with ``--set``.
-    """
+def experiment_settings(
+    name: str | None = None, config: str | os.PathLike | None = None
+) -> tuple[Path, str, ExperimentConfig]:
+    """The config file, name and settings of experiment ``name`` (the file's ``default`` when
+    None) as written, without resolving its data (for commands that need a setting, not the data)."""
     config_path, parsed = load_file(config)
     if name is None:
         name = parsed.default or next(iter(parsed.experiments), None)
@@ -645,7 +747,21 @@ def load_experiment(
         raise ConfigError(
             f"{config_path}: experiments.{name}: unknown experiment; allowed: {', '.join(parsed.experiments)}"
         )
-    exp = parsed.experiments[name]
+    return config_path, name, parsed.experiments[name]
+
+
+def load_experiment(
+    name: str | None = None,
+    config: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> ResolvedExperiment:
+    """Load, override and resolve one experiment.
+
+    ``overrides`` are ``key=value`` strings (dotted keys for nested fields, values parsed as
+    YAML), as given with ``--set``.
+    """
+    config_path, name, exp = experiment_settings(name, config)
     if overrides:
         declared = exp
         exp = apply_overrides(exp, overrides, config_path, prefix=f"experiments.{name}")

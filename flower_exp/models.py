@@ -3,8 +3,14 @@
 ``create_model("densenet201", num_classes=104, image_size=331, weights="imagenet")`` returns
 a Keras model whose input is a batch of float32 images in the range its family expects
 (:func:`normalization_for`; the data pipeline applies it) and whose output is a float32
-softmax over the classes, even under mixed precision. Every network is trainable end to end,
-as the seed fine-tuned all layers.
+softmax over the classes, even under mixed precision. Every network is built trainable end to
+end, as the seed fine-tuned all layers; :func:`set_backbone_trainable` freezes all or part of
+a pretrained backbone (the transfer-learning phases of ``flower_exp.train``).
+
+Pretrained weights are files: :func:`weights_file` names the one each architecture and
+weights name needs (the name the download saves), and :func:`resolve_weights` finds it in
+``weights_dir``, ``$FLOWER_EXP_WEIGHTS`` or Keras' cache before anything is downloaded. Neither
+needs TensorFlow, so ``flower-exp weights`` lists them instantly.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ._imports import tensorflow
 from .errors import FlowerExpError
 
 WEIGHTS = ("none", "imagenet", "noisy-student", "pretrained")
+WEIGHTS_ENV = "FLOWER_EXP_WEIGHTS"
 
 
 @dataclass(frozen=True)
@@ -30,18 +37,32 @@ class ModelSpec:
     name: str
     family: str  # "cnn", "densenet", "efficientnet", "efficientnet_ns"
     normalization: str  # pipeline normalization mode the network expects
-    pretrained: tuple[str, ...]  # weight names it can download
+    # (weights name, URL) of each pretrained headless network it can download; the file name
+    # is the URL's last part, as the download saves it.
+    downloads: tuple[tuple[str, str], ...]
     build_base: Callable[..., Any]  # (input_shape, weights) -> headless keras model
+
+    @property
+    def pretrained(self) -> tuple[str, ...]:
+        """The weights names it can download, the best published last."""
+        return tuple(name for name, _url in self.downloads)
+
+    @property
+    def has_backbone(self) -> bool:
+        """Whether it is a headless network under a new head (what transfer learning freezes
+        and fine-tunes); the from-scratch ``cnn`` is not."""
+        return self.family != "cnn"
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, family: str, normalization: str, pretrained: tuple[str, ...] = ()):
-    """Decorator registering ``fn(input_shape, weights) -> keras.Model`` (no classifier head)."""
+def register_model(name: str, family: str, normalization: str, downloads: dict[str, str] | None = None):
+    """Decorator registering ``fn(input_shape, weights) -> keras.Model`` (no classifier head);
+    ``downloads`` maps each pretrained weights name to the URL of its headless weights file."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = ModelSpec(name, family, normalization, pretrained, fn)
+        _REGISTRY[name] = ModelSpec(name, family, normalization, tuple((downloads or {}).items()), fn)
         return fn
 
     return wrap
@@ -99,6 +120,7 @@ def create_model(
     num_classes: int,
     image_size: int,
     weights: str = "none",
+    weights_dir: str | None = None,
     dropout: float = 0.2,
     cnn_width: int = 32,
     cnn_depth: int = 4,
@@ -109,19 +131,21 @@ def create_model(
 
     ``weights``: ``none``, ``imagenet``, ``noisy-student``, ``pretrained`` (the architecture's
     best published weights: noisy-student for ``efficientnet_ns_*``, imagenet for the others,
-    none for ``cnn``) or a path to a local weights file of the headless network (e.g. a pre-downloaded ``..._notop.h5``). Offline, a pretrained
-    download fails fast with one line saying which file to pre-place where.
+    none for ``cnn``) or a path to a local weights file of the headless network (e.g. a pre-downloaded ``..._notop.h5``).
+    A named one is loaded from its file (:func:`weights_file`) when ``weights_dir``,
+    ``$FLOWER_EXP_WEIGHTS`` or Keras' cache holds it (:func:`resolve_weights`), and downloaded
+    otherwise; offline, the download fails fast with one line saying which file to put where.
     """
     keras = _keras()
     spec = get_spec(name)
-    weights = _check_weights(spec, weights)
+    weights = resolve_weights(name, weights, weights_dir)
     input_shape = (image_size, image_size, 3)
     if spec.family == "cnn":
         base = spec.build_base(
             input_shape, None, width=cnn_width, depth=cnn_depth, dropout=cnn_dropout, bn_momentum=cnn_bn_momentum
         )
     else:
-        base = _download_guard(spec, weights, lambda: spec.build_base(input_shape, _download_name(weights)))
+        base = _download_guard(spec, weights, weights_dir, lambda: spec.build_base(input_shape, _download_name(weights)))
     if weights not in WEIGHTS:
         _load_local_weights(base, weights, spec)
     base.trainable = True
@@ -133,6 +157,33 @@ def create_model(
     # float32 softmax: under mixed precision a float16 softmax loses small probabilities.
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def backbone(network: Any) -> Any:
+    """The headless network inside ``network`` (a model :func:`create_model` built): the one
+    layer that is itself a model."""
+    keras = _keras()
+    return next(layer for layer in network.layers if isinstance(layer, keras.Model))
+
+
+def set_backbone_trainable(network: Any, top_layers: int | str) -> None:
+    """Freeze the backbone of ``network`` except its top ``top_layers`` layers (``"all"``: every
+    layer; 0: none; more than it has: all of them) and all its BatchNormalization layers; the
+    head stays trainable. The caller recompiles: Keras applies ``trainable`` only on ``compile``.
+
+    Why BatchNormalization stays frozen even among the trainable top layers (the Keras
+    transfer-learning guide's advice): in Keras 3 a frozen BatchNormalization layer runs in
+    inference mode, normalising with the moving statistics of the pretraining data, which the
+    pretrained layers after it learnt to expect. Left trainable, it would normalise with the
+    statistics of a small dataset's few, noisy batches and pull its moving statistics towards
+    them, so the first fine-tuning steps would see inputs unlike pretraining's and wreck what
+    the backbone learnt.
+    """
+    keras = _keras()
+    layers = backbone(network).layers
+    count = len(layers) if top_layers == "all" else min(int(top_layers), len(layers))
+    for index, layer in enumerate(layers):
+        layer.trainable = index >= len(layers) - count and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def custom_objects() -> dict[str, Any]:
@@ -180,16 +231,30 @@ def _cnn(input_shape, weights, *, width: int = 32, depth: int = 4, dropout: floa
     return keras.Model(inputs, x, name="cnn_base")
 
 
+# Where keras.applications and the efficientnet package download headless (include_top=False)
+# weights from, copied from their sources (keras/src/applications/{densenet,efficientnet}.py,
+# efficientnet/model.py and weights.py) so that listing them needs no TensorFlow; each saves the
+# file under the URL's last part. tests/test_models.py checks them against the installed packages.
+_DENSENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/densenet/densenet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+_EFFICIENTNET_URL = "https://storage.googleapis.com/keras-applications/efficientnetb{b}_notop.h5"
+_EFN_IMAGENET_URL = ("https://github.com/Callidior/keras-applications/releases/download/efficientnet/"
+                     "efficientnet-b{b}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5")
+_EFN_NOISY_STUDENT_URL = "https://github.com/qubvel/efficientnet/releases/download/v0.0.1/efficientnet-b{b}_noisy-student_notop.h5"
+
+
 def _register_keras_applications() -> None:
     for depth in (121, 169, 201):
-        register_model(f"densenet{depth}", "densenet", "torch", ("imagenet",))(_app_builder(f"DenseNet{depth}"))
+        register_model(f"densenet{depth}", "densenet", "torch", {"imagenet": _DENSENET_URL.format(depth=depth)})(
+            _app_builder(f"DenseNet{depth}")
+        )
     for b in range(8):
         # keras.applications EfficientNet rescales and normalises inside the model.
-        register_model(f"efficientnet_b{b}", "efficientnet", "raw", ("imagenet",))(_app_builder(f"EfficientNetB{b}"))
-    for b in range(8):
-        register_model(f"efficientnet_ns_b{b}", "efficientnet_ns", "torch", ("imagenet", "noisy-student"))(
-            _efn_builder(f"EfficientNetB{b}")
+        register_model(f"efficientnet_b{b}", "efficientnet", "raw", {"imagenet": _EFFICIENTNET_URL.format(b=b)})(
+            _app_builder(f"EfficientNetB{b}")
         )
+    for b in range(8):
+        downloads = {"imagenet": _EFN_IMAGENET_URL.format(b=b), "noisy-student": _EFN_NOISY_STUDENT_URL.format(b=b)}
+        register_model(f"efficientnet_ns_b{b}", "efficientnet_ns", "torch", downloads)(_efn_builder(f"EfficientNetB{b}"))
 
 
 def _app_builder(cls_name: str):
@@ -236,24 +301,75 @@ def _check_weights(spec: ModelSpec, weights: str) -> str:
     return path
 
 
+def weights_file(spec: ModelSpec, weights: str) -> tuple[str, str]:
+    """``(file name, URL)`` of the headless weights ``weights`` (one of ``spec.pretrained``) of
+    ``spec``: the file a download saves into Keras' cache, and what to put in a weights folder
+    to use it offline."""
+    url = dict(spec.downloads)[weights]
+    return url.rsplit("/", 1)[-1], url
+
+
+def keras_cache_dir() -> str:
+    """Keras' download cache of weights files (``get_file(cache_subdir="models")``):
+    ``$KERAS_HOME/models``, else ``~/.keras/models`` (``/tmp/.keras/models`` when the home folder
+    is not writable, as Keras decides)."""
+    home = os.environ.get("KERAS_HOME")
+    if not home:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def weights_folders(weights_dir: str | None = None) -> list[tuple[str, str | None]]:
+    """``(label, folder or None when unset)`` of each place a pretrained weights file is looked
+    for, in lookup order: the experiment's ``weights_dir``, ``$FLOWER_EXP_WEIGHTS``, Keras' cache."""
+    return [
+        ("weights_dir", weights_dir or None),
+        (f"${WEIGHTS_ENV}", os.path.expanduser(os.environ[WEIGHTS_ENV]) if os.environ.get(WEIGHTS_ENV) else None),
+        ("Keras cache", keras_cache_dir()),
+    ]
+
+
+def find_weights_file(spec: ModelSpec, weights: str, weights_dir: str | None = None) -> tuple[str, str] | None:
+    """``(label, path)`` of the first of :func:`weights_folders` that holds the file of
+    ``spec``'s ``weights`` (:func:`weights_file`), or None."""
+    name, _url = weights_file(spec, weights)
+    for label, folder in weights_folders(weights_dir):
+        if folder is not None and os.path.isfile(os.path.join(folder, name)):
+            return label, os.path.join(folder, name)
+    return None
+
+
+def resolve_weights(name: str, weights: str, weights_dir: str | None = None) -> str:
+    """What :func:`create_model` builds ``name`` from: ``none``, a local weights file, or the
+    name of weights to download. A named one (``pretrained`` included) whose file one of
+    :func:`weights_folders` holds becomes that file, loaded as is: nothing is downloaded, and
+    its checksum is not compared with the published one (a wrong file fails to load, naming it)."""
+    spec = get_spec(name)
+    weights = _check_weights(spec, weights)
+    if weights in spec.pretrained:
+        found = find_weights_file(spec, weights, weights_dir)
+        if found is not None:
+            return found[1]
+    return weights
+
+
 def _download_name(weights: str) -> str | None:
     return weights if weights in ("imagenet", "noisy-student") else None
 
 
-def _download_guard(spec: ModelSpec, weights: str, build: Callable[[], Any]) -> Any:
+def _download_guard(spec: ModelSpec, weights: str, weights_dir: str | None, build: Callable[[], Any]) -> Any:
     try:
         return build()
     except Exception as exc:
         # keras.utils.get_file raises a bare Exception("URL fetch failure on URL: ...") offline.
-        message = str(exc)
-        if "URL fetch failure" not in message:
+        if "URL fetch failure" not in str(exc):
             raise
-        url = re.search(r"https?://\S+?(?=:\s|$)", message)
-        filename = url.group(0).rsplit("/", 1)[-1] if url else "the weights file"
-        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+        filename, url = weights_file(spec, weights)
+        folders = ", ".join(f"{label} ({folder or 'not set'})" for label, folder in weights_folders(weights_dir))
         raise FlowerExpError(
-            f"could not download {weights} weights for {spec.name} ({url.group(0) if url else 'no URL'}): offline? "
-            f"place {filename} in {cache}/ or set weights: /path/to/{filename}"
+            f"could not download {weights} weights for {spec.name} ({url}): offline? put {filename} in one of "
+            f"{folders} or set weights: /path/to/{filename} (flower-exp weights lists the files)"
         ) from None
 
 

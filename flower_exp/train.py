@@ -1,7 +1,9 @@
 """One tracked training run, read top to bottom: setup → data → model → train → evaluate → log.
 
 :func:`run` trains one configuration and records it in MLflow (params, per-epoch metrics,
-summary metrics, artifacts); the sweep calls it once per trial with a pruning hook.
+summary metrics, artifacts); the sweep calls it once per trial with a pruning hook. With the
+transfer-learning settings, training is :func:`phases`: one ``fit`` call per phase on the same
+model, recompiled in between, its epochs counted on across them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import gc
 import logging
 import math
+import os
 import resource
 import tempfile
 import time
@@ -23,7 +26,7 @@ import numpy as np
 import yaml
 
 from .budget import Deadline
-from .config import ExperimentConfig, ResolvedExperiment, project_dir
+from .config import ExperimentConfig, ResolvedExperiment, check_backbone_settings, project_dir
 from .ensemble import confusion_png
 from .errors import NonFiniteLoss, RecordingFailed
 from .memory_estimate import check_memory, out_of_memory
@@ -49,9 +52,14 @@ EPOCH_METRICS = (
     "lr",
     "epoch_time_s",
     "images_per_s",
+    "trainable_params",
 )
 # Settings that are not hyperparameters of the run (logged elsewhere or meaningless as params).
-_NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir", "memory_check"}
+_NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir", "memory_check",
+               "weights_dir"}
+# How much longer than a frozen-backbone epoch the first fine-tuning epoch may take: a frozen
+# epoch runs only the backbone's forward pass, and backpropagating through it costs about twice that.
+_FINE_TUNE_COST = 3.0
 
 
 # Not in errors.py: control flow between the sweep's pruning hook and this module, never shown
@@ -84,6 +92,33 @@ class RunResult:
     # Seconds from the end of training to the end of the run (scoring, artifacts, MLflow):
     # the reserve a budgeted sweep keeps for the next run.
     finish_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``start`` to ``end`` (0-based, ``end`` excluded) trained by one ``fit`` call, and
+    what trains beside the head: the backbone's top ``layers`` layers (0: none; ``"all"``), its
+    BatchNormalization layers frozen; None: the whole network as built (no transfer settings)."""
+
+    start: int
+    end: int
+    layers: int | str | None
+
+
+def phases(cfg: ExperimentConfig, epochs: int, trained_head: bool = False) -> list[Phase]:
+    """How ``epochs`` epochs of ``cfg`` train: ``freeze_backbone_epochs`` epochs of the head
+    alone, then the rest with the backbone's top ``fine_tune_layers`` layers too; one phase
+    where both would train the same layers. ``trained_head`` (a run started from trained
+    weights) drops the frozen phase: it exists to keep a random head's large first gradients
+    out of the pretrained backbone, and this head is trained already."""
+    tuned = cfg.fine_tune_layers
+    if cfg.freeze_backbone_epochs == 0 and tuned == "all":
+        return [Phase(0, epochs, None)]
+    frozen = 0 if trained_head or tuned == 0 else min(cfg.freeze_backbone_epochs, epochs)
+    plan = [Phase(0, frozen, 0)] if frozen else []
+    if frozen < epochs:
+        plan.append(Phase(frozen, epochs, tuned))
+    return plan
 
 
 def schedule_for(cfg: ExperimentConfig) -> LRSchedule:
@@ -131,6 +166,7 @@ def run(
     from .data.leakage import ensure_no_leakage
 
     cfg = exp.config
+    check_backbone_settings(exp)
     say = progress or (lambda _m: None)
     # Data problems are the user's to fix: find them before a run exists to mark FAILED.
     data = open_data(exp, log=say)
@@ -156,10 +192,12 @@ def run(
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
-        stop = _StopAtDeadline(deadline, finish_reserve_s) if deadline is not None else None
+        plan = phases(cfg, cfg.epochs, trained_head=init_weights is not None)
+        fine_tune_from = plan[1].start if len(plan) > 1 else None
+        stop = _StopAtDeadline(deadline, finish_reserve_s, cfg.epochs, fine_tune_from) if deadline is not None else None
         with pipeline.shard_errors_named(train_files, val_files, num_classes=len(data.class_names)), _freeing_run_memory():
             result, fit_end = _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say,
-                                     [*(callbacks or []), *([stop] if stop else [])], stop, init_weights)
+                                     [*(callbacks or []), *([stop] if stop else [])], stop, init_weights, plan)
     result.finish_s = time.time() - fit_end
     return result
 
@@ -174,8 +212,9 @@ def refit(
     progress: Callable[[str], None] | None = print,
 ) -> str:
     """Retrain ``exp``'s configuration on train+val for ``epochs`` epochs (its original run's
-    best epoch count, as the seed trained its final models) and log it as a new run linked to
-    ``refit_of``. There is no validation left to score it on; returns the new run id."""
+    best epoch count, as the seed trained its final models; in the same :func:`phases`) and log
+    it as a new run linked to ``refit_of``. There is no validation left to score it on; returns
+    the new run id."""
     from ._imports import tensorflow
     from .data import pipeline
     from .data.dataset import open_data
@@ -183,6 +222,7 @@ def refit(
     tensorflow()
     import keras
 
+    check_backbone_settings(exp)
     say = progress or (lambda _m: None)
     cfg = exp.config.model_copy(update={"epochs": epochs})
     exp = exp.model_copy(update={"config": cfg})
@@ -200,11 +240,14 @@ def refit(
         params = _run_params(exp, data, train_files, acc, global_batch, steps, prep)
         tracker.log_params(run_id, {**params, "epochs": epochs, "refit_of": refit_of})
         tracker.log_dataset(run_id, _dataset(data, cfg, params["data_fingerprint"], "refit", **{"train+val": train_files.count}))
-        model, network = _compiled_model(cfg, acc, schedule, len(data.class_names), prep)
+        model, network = _built_model(cfg, acc, len(data.class_names), prep, exp.weights_dir)
+        plan = phases(cfg, epochs)
+        tracker.log_params(run_id, {"phases": _describe_phases(plan, network)})
         timer = _EpochTimer(steps * global_batch)
         logger = _Logger(tracker, run_id, schedule, acc.replicas, epochs, say, None)
         callbacks = [timer, _StopOnNonFinite(), keras.callbacks.LearningRateScheduler(lambda e, _lr: schedule.lr(e, acc.replicas)), logger]
-        model.fit(train_ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
+        _fit_phases(model, network, plan, train_ds, cfg=cfg, acc=acc, schedule=schedule, num_classes=len(data.class_names),
+                    logger=logger, say=say, steps_per_epoch=steps, callbacks=callbacks)
         tracker.log_metrics(run_id, {"epochs_run": len(logger.history), "first_epoch_time_s": timer.times[0],
                                      "mean_epoch_time_s": float(np.mean(timer.times[1:])) if len(timer.times) > 1 else None})
         with tempfile.TemporaryDirectory(prefix="flower-exp-refit-") as tmp:
@@ -222,7 +265,7 @@ def refit(
 
 
 def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks, stop,
-           init_weights) -> tuple[RunResult, float]:
+           init_weights, plan) -> tuple[RunResult, float]:
     """The run's body; returns its result and the ``time.time()`` at which training ended."""
     from ._imports import tensorflow
     from .data import pipeline
@@ -253,19 +296,22 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
 
     # --- model
     try:
-        model, network = _compiled_model(cfg, acc, schedule, num_classes, prep)
+        model, network = _built_model(cfg, acc, num_classes, prep, exp.weights_dir)
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         raise out_of_memory(cfg, exc) from None
     if init_weights is not None:
         from .models import load_saved_weights
 
         load_saved_weights(network, init_weights)
+    tracker.log_params(run_id, {"phases": _describe_phases(plan, network)})
 
     # --- train
     timer = _EpochTimer(steps * global_batch)
     start = cfg.early_stopping_start_epoch
     start = cfg.lr_rampup_epochs + cfg.lr_sustain_epochs if start is None else start
-    best = _BestEpoch(cfg.early_stopping_patience, start)
+    # Early stopping never ends a phase that another follows: a frozen backbone's plateau is
+    # what the fine-tuning after it is for.
+    best = _BestEpoch(cfg.early_stopping_patience, max(start, plan[-1].start))
     logger = _Logger(tracker, run_id, schedule, acc.replicas, cfg.epochs, say, pruning_hook)
     callbacks = [
         timer,
@@ -279,8 +325,8 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     try:
         # Keras validates the whole split each epoch (val_loss, val_accuracy and the streaming
         # val_macro_f1, on the accelerator), before the callbacks' on_epoch_end.
-        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_pairs,
-                  callbacks=callbacks, verbose=0, shuffle=False)
+        _fit_phases(model, network, plan, train_ds, cfg=cfg, acc=acc, schedule=schedule, num_classes=num_classes,
+                    logger=logger, say=say, steps_per_epoch=steps, validation_data=val_pairs, callbacks=callbacks)
     except Pruned as exc:
         pruned = exc
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
@@ -427,16 +473,14 @@ def _training_data(data, split: str, cfg: ExperimentConfig, global_batch: int, a
     )
 
 
-def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int, prep: Preprocessing):
-    """The configured network, built and compiled under the accelerator's strategy and precision.
+def _built_model(cfg: ExperimentConfig, acc, num_classes: int, prep: Preprocessing, weights_dir: str | None):
+    """The configured network, built under the accelerator's strategy and precision (not compiled:
+    :func:`_fit_phases` compiles it for each phase).
 
     Returns ``(model to fit, network to save)``: the same model, or with ``prep.on_device`` the
     network behind a :class:`~flower_exp.device_preprocessing.DevicePreprocessing` stage that
     takes the pipeline's ``uint8`` batches (both share the network's weights).
     """
-    import keras
-
-    from .metrics import MacroF1
     from .models import create_model
     from .strategy import precision_policy
 
@@ -446,6 +490,7 @@ def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classe
             num_classes=num_classes,
             image_size=cfg.image_size,
             weights=cfg.weights,
+            weights_dir=weights_dir,
             dropout=cfg.dropout,
             cnn_width=cfg.cnn_width,
             cnn_depth=cfg.cnn_depth,
@@ -457,14 +502,70 @@ def _compiled_model(cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classe
             from .device_preprocessing import training_model
 
             model = training_model(network, cfg.image_size, cfg.augment, prep.normalization, cfg.seed)
+    return model, network
+
+
+def _compile(model, cfg: ExperimentConfig, acc, schedule: LRSchedule, num_classes: int, epoch: int) -> None:
+    """Compile ``model`` for training from ``epoch`` (0-based) on, under the accelerator's
+    strategy and precision. Each phase gets a fresh Adam: an optimizer keeps state only for the
+    variables that were trainable when it was first used."""
+    import keras
+
+    from .metrics import MacroF1
+    from .strategy import precision_policy
+
+    with precision_policy(acc.precision), acc.strategy.scope():
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
+            optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(epoch, acc.replicas)),
             loss=keras.losses.SparseCategoricalCrossentropy(),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(num_classes)],
             jit_compile=cfg.jit_compile,
             steps_per_execution=cfg.steps_per_execution,
         )
-    return model, network
+
+
+def _fit_phases(model, network, plan: list[Phase], train_ds, *, cfg: ExperimentConfig, acc, schedule: LRSchedule,
+                num_classes: int, logger: _Logger, say: Callable[[str], None], **fit_kwargs) -> None:
+    """Train ``plan`` phase by phase on one model: set what trains, recompile (Keras applies a
+    change of ``trainable`` only then), and ``fit`` from the phase's first epoch
+    (``initial_epoch``), so the LR schedule, the per-epoch metrics, best-epoch keeping, early
+    stopping, the pruning hook and the budget's stop (all in ``fit_kwargs["callbacks"]``) see
+    one run whose epochs count on. A phase that ended early (early stopping, the budget) ends
+    training."""
+    from .models import set_backbone_trainable
+
+    for phase in plan:
+        if phase.layers is not None:
+            set_backbone_trainable(network, phase.layers)
+        _compile(model, cfg, acc, schedule, num_classes, phase.start)
+        if phase.layers is not None:
+            say(f"epochs {phase.start + 1}-{phase.end}: {_phase_text(phase, network)}, "
+                f"{_trainable_params(model):,} trainable parameters")
+        model.fit(train_ds, initial_epoch=phase.start, epochs=phase.end, verbose=0, shuffle=False, **fit_kwargs)
+        if len(logger.history) < phase.end:
+            break
+
+
+def _phase_text(phase: Phase, network) -> str:
+    """What trains in ``phase``, for people (the ``phases`` param, progress lines)."""
+    from .models import backbone
+
+    if phase.layers is None:
+        return "all layers"
+    total = len(backbone(network).layers)
+    count = total if phase.layers == "all" else min(int(phase.layers), total)
+    if count == 0:
+        return "head only, backbone frozen"
+    return f"head and top {count} of {total} backbone layers (BatchNormalization frozen)"
+
+
+def _describe_phases(plan: list[Phase], network) -> str:
+    """The ``phases`` param: each phase's epochs (1-based) and what trains in them."""
+    return "; ".join(f"epochs {p.start + 1}-{p.end}: {_phase_text(p, network)}" for p in plan)
+
+
+def _trainable_params(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_weights))
 
 
 def _run_params(exp, data, train_files, acc, global_batch, steps, prep: Preprocessing, **extra) -> dict[str, Any]:
@@ -485,6 +586,7 @@ def _run_params(exp, data, train_files, acc, global_batch, steps, prep: Preproce
         "global_batch_size": global_batch,
         "precision": acc.precision,
         "steps_per_epoch": steps,
+        "weights_file": _weights_file(exp),
         "data_dir": data.root,
         "data_fingerprint": data_fingerprint(data.root, cfg.image_size, [root for root, _ in data.extra]),
         "git_commit": git_commit(Path(exp.config_path).parent) or "none",
@@ -616,6 +718,13 @@ class _BestEpoch(callback_base()):
         self._best_weights = None
         self._wait = 0
 
+    def on_train_begin(self, logs=None):
+        # Each phase is one fit call: patience counts from the phase's first epoch, because the
+        # first fine-tuning epochs (a fresh optimizer, new layers training) are not comparable
+        # with a frozen backbone's plateau. The best epoch and its weights carry over (the
+        # weights list keeps its order whatever is trainable).
+        self._wait = 0
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if "val_macro_f1" not in logs:
@@ -644,11 +753,16 @@ class _StopAtDeadline(callback_base()):
     An epoch is timed whole (training and validation pass); the next one is assumed to take as
     long as the slowest of the last two (the first epoch includes tracing, so it is
     pessimistic only until a second one exists). Without a measured reserve, finishing is
-    assumed to take half an epoch (a prediction pass over validation plus saving) and 10 s."""
+    assumed to take half an epoch (a prediction pass over validation plus saving) and 10 s.
 
-    def __init__(self, deadline: Deadline, finish_reserve_s: float | None):
+    ``epochs``: the run's, across its phases (each phase's ``fit`` only knows its own end).
+    ``fine_tune_from``: the 0-based first epoch of a fine-tuning phase after a frozen one,
+    predicted to take up to :data:`_FINE_TUNE_COST` times the frozen epochs."""
+
+    def __init__(self, deadline: Deadline, finish_reserve_s: float | None, epochs: int, fine_tune_from: int | None = None):
         super().__init__()
         self.deadline, self.finish_reserve_s = deadline, finish_reserve_s
+        self.epochs, self.fine_tune_from = epochs, fine_tune_from
         self.stopped = False
         self._times: list[float] = []
         self._start = 0.0
@@ -658,9 +772,11 @@ class _StopAtDeadline(callback_base()):
 
     def on_epoch_end(self, epoch, logs=None):
         self._times.append(time.time() - self._start)
-        if epoch + 1 >= (self.params or {}).get("epochs", math.inf):
+        if epoch + 1 >= self.epochs:
             return  # the last epoch anyway: not a stop
         next_epoch = max(self._times[-2:])
+        if epoch + 1 == self.fine_tune_from:
+            next_epoch *= _FINE_TUNE_COST
         reserve = self.finish_reserve_s if self.finish_reserve_s is not None else 0.5 * next_epoch + 10.0
         if self.deadline.left_s() < next_epoch + reserve:
             self.stopped = True
@@ -676,6 +792,11 @@ class _Logger(callback_base()):
         self.schedule, self.replicas, self.epochs = schedule, replicas, epochs
         self.say, self.pruning_hook = say, pruning_hook
         self.history: list[dict[str, float]] = []
+        self._trainable = 0
+
+    def on_train_begin(self, logs=None):
+        # Once per phase (one fit call each): what trains changes only between phases.
+        self._trainable = _trainable_params(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -686,6 +807,7 @@ class _Logger(callback_base()):
             "lr": self.schedule.lr(epoch, self.replicas),
             "epoch_time_s": logs["epoch_time_s"],
             "images_per_s": logs["images_per_s"],
+            "trainable_params": self._trainable,
         }
         # A refit trains on train+val and has no validation scores.
         row.update({k: logs[k] for k in ("val_loss", "val_accuracy", "val_macro_f1") if k in logs})
@@ -715,6 +837,15 @@ def _hyperparameters(cfg: ExperimentConfig) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def _weights_file(exp: ResolvedExperiment) -> str:
+    """The ``weights_file`` param: the local file the network starts from, ``download`` when
+    Keras downloads it, ``none`` without pretrained weights."""
+    from .models import resolve_weights
+
+    weights = resolve_weights(exp.config.architecture, exp.config.weights, exp.weights_dir)
+    return weights if weights == "none" or os.path.isfile(weights) else "download"
 
 
 def _ids_and_labels(val_ds) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ HEAVY = ("tensorflow", "keras", "mlflow", "optuna")
     [["--help"], ["data", "--help"], ["config", "--help"], ["data", "inspect", "--help"], ["data", "demo", "--help"],
      ["data", "import-folder", "--help"], ["data", "check-leakage", "--help"], ["config", "show", "--help"], ["--version"],
      ["train", "--help"], ["sweep", "--help"], ["status", "--help"], ["runs", "--help"], ["ui", "--help"],
-     ["models", "--help"], ["models"]],
+     ["models", "--help"], ["models"], ["weights", "--help"], ["weights"]],
 )
 def test_help_does_not_import_heavy_libraries(argv):
     code = (
@@ -157,6 +157,46 @@ def _cnn_params(width: int, depth: int, classes: int) -> int:
 )
 def test_models_errors(cli, args, fragment):
     assert_one_line_error(cli("models", *args), fragment)
+
+
+def test_weights_lists_each_file_where_it_is_looked_for_and_whether_it_is_there(cli, tmp_path):
+    project, env_dir, keras_home = tmp_path / "project", tmp_path / "env", tmp_path / "keras"
+    (project / "weights").mkdir(parents=True)
+    (project / "experiments.yaml").write_text("experiments:\n  mine: {data_dir: data, weights_dir: weights}\n")
+    (project / "weights" / "efficientnetb0_notop.h5").write_bytes(b"")
+    env_dir.mkdir()
+    (env_dir / "efficientnetb0_notop.h5").write_bytes(b"")  # weights_dir comes first
+    (env_dir / "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"")
+    (keras_home / "models").mkdir(parents=True)
+    (keras_home / "models" / "efficientnet-b0_noisy-student_notop.h5").write_bytes(b"")
+    env = {"FLOWER_EXP_WEIGHTS": str(env_dir), "KERAS_HOME": str(keras_home)}
+
+    listed = cli("weights", "efficientnet*b0", "densenet121", "cnn", cwd=project, env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in listed.stdout.splitlines() if line.startswith("│ ")]
+    assert rows == [
+        ["densenet121", "imagenet", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "yes ($FLOWER_EXP_WEIGHTS)"],
+        ["efficientnet_b0", "imagenet", "efficientnetb0_notop.h5", "yes (weights_dir)"],
+        ["efficientnet_ns_b0", "imagenet", "efficientnet-b0_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5", "no"],
+        ["efficientnet_ns_b0", "noisy-student", "efficientnet-b0_noisy-student_notop.h5", "yes (Keras cache)"],
+    ]
+    assert f"  1. weights_dir of experiment 'mine': {project / 'weights'}" in listed.stdout
+    assert f"  2. $FLOWER_EXP_WEIGHTS: {env_dir}" in listed.stdout
+    assert f"  3. Keras cache: {keras_home / 'models'}" in listed.stdout
+    assert "cnn: no pretrained weights" in listed.stdout
+    with_urls = cli("weights", "densenet121", "--urls", cwd=project, env=env)
+    assert with_urls.returncode == 0, with_urls.stderr
+    assert ("https://storage.googleapis.com/tensorflow/keras-applications/densenet/densenet121_weights_tf_dim_ordering_tf_"
+            "kernels_notop.h5") in with_urls.stdout.splitlines()  # a whole line, unwrapped
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["resnet*"], "architecture 'resnet*': matches no registered one; allowed: cnn, densenet121"),
+     (["-e", "nope"], "experiments.nope: unknown experiment; allowed: demo")],
+)
+def test_weights_errors(cli, args, fragment):
+    assert_one_line_error(cli("weights", *args), fragment)
 
 
 # --------------------------------------------------------------------------- sweep --set

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -50,23 +51,59 @@ def test_weights_errors():
         models.create_model("cnn", num_classes=3, image_size=32, cnn_width=0)
 
 
-@pytest.mark.parametrize("name,weights", [("densenet121", "imagenet"), ("efficientnet_ns_b0", "noisy-student")])
+@pytest.mark.parametrize("name,weights", [("densenet121", "imagenet"), ("efficientnet_b0", "imagenet"),
+                                          ("efficientnet_ns_b0", "imagenet"), ("efficientnet_ns_b0", "noisy-student")])
 def test_offline_pretrained_weights_fail_with_one_line(monkeypatch, tmp_path, name, weights):
     from urllib.error import URLError
 
     from keras.src.utils import file_utils
 
-    def no_network(*args, **kwargs):
+    fetched = []
+
+    def no_network(url, target, *args, **kwargs):
+        fetched.append((url, os.path.basename(target)))
         raise URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(file_utils, "urlretrieve", no_network)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv(models.WEIGHTS_ENV, raising=False)
     with pytest.raises(FlowerExpError) as info:
         models.create_model(name, num_classes=3, image_size=32, weights=weights)
     message = str(info.value)
     assert "\n" not in message
     assert f"could not download {weights} weights for {name}" in message
-    assert "_notop.h5" in message and "set weights: /path/to/" in message
+    # The registry's file and URL (what `flower-exp weights` lists without TensorFlow) are the
+    # ones the installed keras.applications / efficientnet package download.
+    file, url = models.weights_file(models.get_spec(name), weights)
+    assert fetched == [(url, file)]
+    assert (f"put {file} in one of weights_dir (not set), $FLOWER_EXP_WEIGHTS (not set), Keras cache "
+            f"({tmp_path / 'models'}) or set weights: /path/to/{file}") in message
+
+
+def test_weights_are_looked_up_in_order_and_used_without_download(monkeypatch, tmp_path):
+    from keras.src.utils import file_utils
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", no_download)
+    spec = models.get_spec("densenet121")
+    file, _url = models.weights_file(spec, "imagenet")
+    folders = {label: tmp_path / label for label in ("dir", "env", "keras")}
+    monkeypatch.setenv(models.WEIGHTS_ENV, str(folders["env"]))
+    monkeypatch.setenv("KERAS_HOME", str(folders["keras"]))
+    assert models.find_weights_file(spec, "imagenet", str(folders["dir"])) is None
+    assert models.resolve_weights("densenet121", "pretrained", str(folders["dir"])) == "imagenet"  # left to download
+    for label, folder in reversed(folders.items()):  # each found over the ones after it
+        target = folder / "models" / file if label == "keras" else folder / file
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"")
+        found = models.find_weights_file(spec, "imagenet", str(folders["dir"]))
+        assert found == ({"dir": "weights_dir", "env": "$FLOWER_EXP_WEIGHTS", "keras": "Keras cache"}[label], str(target))
+    assert models.resolve_weights("densenet121", "pretrained", str(folders["dir"])) == str(folders["dir"] / file)
+    # A file that is not the network's weights fails naming it, and nothing is downloaded.
+    with pytest.raises(FlowerExpError, match=f"weights {folders['dir'] / file}: cannot load into densenet121"):
+        models.create_model("densenet121", num_classes=3, image_size=32, weights="imagenet", weights_dir=str(folders["dir"]))
 
 
 def test_local_weights_file_loads(tmp_path):
