@@ -211,3 +211,25 @@ def test_trial_line_says_where_a_pruned_trial_stopped():
     study.add_trial(optuna.trial.create_trial(value=0.4, state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4},
                                               user_attrs={"epochs_run": 3, "stopped_by": "budget"}))
     assert [ended_run_name(t) for t in study.trials] == [None, "trial-1 (pruned at 4)", None, "trial-3 (stopped at 3)"]
+
+
+def test_running_sweep_refreshes_the_parents_optuna_report(project, monkeypatch):
+    """The parent run's ``optuna/`` report follows a running sweep (here after every trial),
+    not only its end."""
+    from flower_exp.study import objective
+
+    seen = []
+    refresh = objective.log_report
+
+    def recording(study, tracker, parent, log):
+        if seen:  # the previous refresh is already in MLflow while the sweep runs
+            local = tracker.download(parent, "optuna/trials.csv", str(project / f"dl{len(seen)}"))
+            seen.append(len(open(local).read().splitlines()) - 1)
+        else:
+            seen.append(None)
+        refresh(study, tracker, parent, log)
+
+    monkeypatch.setattr(objective, "REPORT_REFRESH_S", 0.0)
+    monkeypatch.setattr(objective, "log_report", recording)
+    sweep(project, trials=2)
+    assert seen == [None, 1]  # refreshed after trial 0 (one row) and again after trial 1

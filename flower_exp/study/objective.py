@@ -31,8 +31,13 @@ from .names import (
     TAG_TRIAL,
 )
 from .options import SweepSpec
+from .parent import log_report
 from .sampling import suggest
 from .scoring import _count, best_score, ended_run_name, scored, scored_trials, trial_line
+
+# A running sweep's Optuna report in MLflow is refreshed after a trial when it is older than
+# this (per worker); the sweep's end writes the final one.
+REPORT_REFRESH_S = 300.0
 
 
 class _Objective:
@@ -44,6 +49,7 @@ class _Objective:
         self.spec, self.exp, self.sweep_cfg, self.tracker, self.log, self.emit = spec, exp, sweep_cfg, tracker, log, emit
         self.consecutive_failures = 0
         self.stop: FlowerExpError | None = None
+        self._reported = time.monotonic()  # when this worker last refreshed the parent's Optuna report
         # Measured on this worker's trials, for the budget: the longest time from the end of
         # training to the end of a run, and the longest a trial took to reach the epoch at
         # which the pruner first judges it, plus that finishing time. With less than that left
@@ -232,6 +238,11 @@ class _Objective:
                 self.tracker.log_metrics(self.spec.parent_run_id, {METRIC_SWEEP_BEST: best}, step=trial.number)
         except Exception as exc:  # the trial's result is safe in Optuna; MLflow can miss a point
             self.log(f"could not update MLflow after trial {trial.number}: {exc}")
+        # The parent run's Optuna plots follow a running sweep, at most every REPORT_REFRESH_S
+        # per worker: drawing them takes seconds, which every trial would otherwise pay.
+        if time.monotonic() - self._reported >= REPORT_REFRESH_S:
+            log_report(study, self.tracker, self.spec.parent_run_id, self.log)
+            self._reported = time.monotonic()
 
 
 def _next_to_continue(study) -> Any:

@@ -83,11 +83,22 @@ def _end_parent_on_stop(tracker: Tracker, parent: str) -> Iterator[None]:
         raise
 
 
+def log_report(study, tracker: Tracker, parent: str, log: Callable[[str], None]) -> None:
+    """Write the Optuna report (plots, ``trials.csv``, ``report.txt``) as the parent run's
+    ``optuna/`` artifacts, replacing the previous one."""
+    from ..sweep_report import write_report
+
+    with tempfile.TemporaryDirectory(prefix="flower-exp-sweep-") as tmp:
+        try:
+            write_report(study, tmp)
+            tracker.log_artifact(parent, tmp, "optuna")
+        except Exception as exc:  # plots are a convenience; the study and runs are what matter
+            log(f"could not write the Optuna report: {type(exc).__name__}: {exc}")
+
+
 def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callable[[str], None]) -> None:
     """End the parent run FINISHED (state ``finished``, or ``incomplete`` short of ``total``)
     with the trial counts, the best trial and the Optuna report (``optuna/``)."""
-    from ..sweep_report import write_report
-
     counts = _count(study)
     metrics = {f"trials_{k}": v for k, v in counts.items() if k != "failed_counted"}
     scored = scored_trials(study)
@@ -97,12 +108,7 @@ def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callab
         tracker.set_tags(parent, {TAG_PREFIX + "best_trial": str(trial.number),
                                   TAG_PREFIX + "best_run_id": str(trial.user_attrs.get(ATTR_RUN, ""))})
     tracker.log_metrics(parent, metrics)
-    with tempfile.TemporaryDirectory(prefix="flower-exp-sweep-") as tmp:
-        try:
-            write_report(study, tmp)
-            tracker.log_artifact(parent, tmp, "optuna")
-        except Exception as exc:  # plots are a convenience; the study and runs are what matter
-            log(f"could not write the Optuna report: {type(exc).__name__}: {exc}")
+    log_report(study, tracker, parent, log)
     done = counts["finished"] >= total
     tracker.set_tags(parent, {TAG_STATE: "finished" if done else "incomplete"})
     tracker.end(parent, "FINISHED")
