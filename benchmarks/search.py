@@ -81,6 +81,8 @@ DATA_ENV = "FLOWER_EXP_BENCH_DATA"
 SWEEP_FILE = common.REPO_ROOT / "sweeps" / "cpu.yaml"
 DEFAULT_WORK = common.REPO_ROOT / "benchmarks" / "results" / "search-runs"
 DEFAULT_SEEDS = (1, 2, 3)
+# A hand-written log of each sitting's conditions (machine speed, other load), kept beside runs/.
+SITTINGS_FILE = "sittings.md"
 # One seed's five pairs take about two hours; pairs further apart ran in different sittings.
 SITTING_H = 6
 # The budget cpu.yaml's own usage line gives (--budget 30m). 5 methods x 3 seeds x 30 minutes
@@ -779,6 +781,10 @@ def notes(s: dict[str, Any], runs: list[dict[str, Any]], budget_min: float, args
     ]
     if len(machines) > 1:
         out.append("**The runs come from more than one machine**: their minutes do not compare; rerun on one.")
+    log = args.work / SITTINGS_FILE
+    if log.is_file():
+        # What no result file records: the conditions of each sitting, written by whoever ran it.
+        out.append("Sittings (from `" + SITTINGS_FILE + "`):\n\n" + log.read_text(encoding="utf-8").strip())
     split = split_seeds(runs)
     if split:
         out.append("**Some seeds' pairs ran in different sittings** (" + "; ".join(split) + "): the same machine type "
