@@ -1,10 +1,10 @@
 """Benchmark 2: harness overhead — a flower-exp trial vs a bare ``model.fit`` on the same work.
 
-Both variants train the same model (``train._built_model``: the configured CNN; the harness
-compiles it with Adam, sparse cross-entropy, accuracy and its macro-F1 metric, the bare script
-without the metric) on the same tf.data pipelines (``train._training_data`` for training,
-``pipeline.make_dataset("val")`` for validation) for the same epochs, in one process,
-alternating bare and harness runs. Both validate with ``model.fit(validation_data=...)``;
+Both variants train the same model (``RunSetup.built_model`` of ``train.setup_run``: the
+configured CNN; the harness compiles it with Adam, sparse cross-entropy, accuracy and its
+macro-F1 metric, the bare script without the metric) on the same tf.data pipelines (the
+setup's training pipeline, ``train.validation_data`` for validation) for the same epochs, in
+one process, alternating bare and harness runs. Both validate with ``model.fit(validation_data=...)``;
 the trial is ``train.run`` with MLflow logging, the streaming val macro-F1, best-epoch keeping,
 the LR scheduler, the NaN guard and a real Optuna pruning hook (report + should_prune). A wall-clock
 callback last in both callback lists measures each epoch end to end, validation included.
@@ -54,17 +54,17 @@ def instrument_callbacks() -> list[tuple[str, str]]:
     is measured. Returns (label, what it does) rows."""
     import keras
 
-    train = importlib.import_module("flower_exp.train")
+    from flower_exp import callbacks
 
     hooks = [
-        (train._EpochTimer, ("on_epoch_begin", "on_epoch_end"), "epoch timer", "epoch time and images/s"),
-        (train._StopOnNonFinite, ("on_epoch_begin", "on_train_batch_end"), "NaN guard",
+        (callbacks.EpochTimer, ("on_epoch_begin", "on_epoch_end"), "epoch timer", "epoch time and images/s"),
+        (callbacks.StopOnNonFinite, ("on_epoch_begin", "on_train_batch_end"), "NaN guard",
          "reads the loss of every batch (Keras' TF backend converts each step's logs to Python anyway)"),
         (keras.callbacks.LearningRateScheduler, ("on_epoch_begin", "on_epoch_end"), "LR scheduler",
          "sets the epoch's learning rate"),
-        (train._BestEpoch, ("on_epoch_end",), "best epoch + early stopping",
+        (callbacks.BestEpoch, ("on_epoch_end",), "best epoch + early stopping",
          "copies the weights when val macro-F1 improves, stops after `patience` epochs without"),
-        (train._Logger, ("on_epoch_end",), "MLflow logger + pruning hook",
+        (callbacks.Logger, ("on_epoch_end",), "MLflow logger + pruning hook",
          "log_batch of the epoch metrics to MLflow, progress line, Optuna report/should_prune"),
     ]
     rows = []
@@ -136,22 +136,19 @@ def run_bare(exp) -> tuple[list[float], list[float], list[float]]:
 
     cfg = exp.config
     data = open_data(exp, log=lambda _m: None)
-    acc, global_batch, schedule = train._setup(cfg, lambda _m: None)
     files = pipeline.split_files(data.root, "train", cfg.image_size)
-    steps = pipeline.steps_per_epoch(files.count, global_batch, acc.drop_remainder)
-    prep = train.Preprocessing.choose(cfg, acc)
-    train_ds = train._training_data(data, "train", cfg, global_batch, acc, prep)
-    val_ds = train.validation_data(data, cfg, global_batch, prep)
-    model, _network = train._built_model(cfg, acc, len(data.class_names), prep, exp.weights_dir)
+    setup = train.setup_run(exp, data, files, lambda _m: None)
+    val_ds = train.validation_data(data, cfg, setup.global_batch, setup.prep)
+    model, _network = setup.built_model()
     # What a hand-written script compiles: no macro-F1 metric (that cost belongs to the harness).
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule.lr(0, acc.replicas)),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup.schedule.lr(0, setup.acc.replicas)),
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
     wall = wall_clock()
-    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=steps, validation_data=val_ds, callbacks=[wall],
+    model.fit(setup.train_ds, epochs=cfg.epochs, steps_per_epoch=setup.steps, validation_data=val_ds, callbacks=[wall],
               verbose=0, shuffle=False)
-    del model, train_ds, val_ds
+    del model, setup, val_ds
     keras.backend.clear_session()
     return wall.epoch_times, wall.epoch_cpu, wall.validation
 
@@ -265,8 +262,7 @@ def main(argv=None) -> None:
     notes = (
         f"Method: demo data at {size} px (6 classes, {per_class} images per class), CNN width 16, depth 3, "
         f"batch 32, {epochs} epochs per run, {rounds} rounds alternating bare/trial order. Both variants "
-        "build the model with `flower_exp.train._built_model` and the data with the same "
-        "`flower_exp.data.pipeline.make_dataset` calls a trial makes, so only the harness differs. "
+        "build the model and the data with `flower_exp.train.setup_run`, as a trial does, so only the harness differs. "
         "Epoch time is wall time from one epoch's end (after every callback) to the next, so both "
         "variants' validation passes count. The first epoch "
         "(graph tracing, filling the validation cache) is reported apart. Callback costs come from "

@@ -419,7 +419,7 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
     clock = Clock()
 
     class EarlyStop(keras.callbacks.Callback):
-        """flower-exp's early stopping (train._BestEpoch's rule), so a configuration with
+        """flower-exp's early stopping (callbacks.BestEpoch's rule), so a configuration with
         ``early_stopping_patience`` trains as long under Keras Tuner as in a flower-exp trial:
         stop once ``patience`` epochs brought no better val macro-F1, never before ``start``."""
 

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 def epoch_bar(console: Console) -> Any:
     """A Keras callback drawing the bar; call its ``close()`` when the run ends, however it ends."""
-    from .train import callback_base
+    from .callbacks import callback_base
 
     class EpochBar(callback_base()):
         def __init__(self):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from flower_exp.callbacks import callback_base
 from flower_exp.config import HeartbeatConfig, load_experiment
 from flower_exp.errors import FlowerExpError
 from flower_exp.study import SweepOptions, open_storage, run_sweep
@@ -41,7 +42,7 @@ def _model_file(tracker: Tracker, run_id: str, folder: Path) -> str:
     return tracker.download(run_id, "model/model.keras", str(folder))
 
 
-class _FirstWeights(train_module.callback_base()):
+class _FirstWeights(callback_base()):
     """The network's weights when training begins."""
 
     def on_train_begin(self, logs=None):

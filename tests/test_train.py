@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
+from flower_exp.callbacks import EPOCH_METRICS
 from flower_exp.config import load_experiment
 from flower_exp.errors import NonFiniteLoss
 from flower_exp.tracking import TAG_ERROR, TAG_STATE, Tracker, TrackingTarget
-from flower_exp.train import EPOCH_METRICS, Pruned, run
+from flower_exp.train import Pruned, run
 
 TINY = {
     "image_size": 32,

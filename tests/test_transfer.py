@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
+from flower_exp.callbacks import EPOCH_METRICS
 from flower_exp.config import load_experiment, load_sweep
 from flower_exp.errors import ConfigError
 from flower_exp.tracking import Tracker, TrackingTarget
-from flower_exp.train import EPOCH_METRICS, Phase, phases, refit, run
+from flower_exp.train import Phase, phases, refit, run
 
 TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "epochs": 2, "architecture": "cnn",
         "cnn_width": 8, "cnn_depth": 2, "lr_rampup_epochs": 0, "lr_sustain_epochs": 1, "lr_max": 3e-3}
