@@ -102,7 +102,7 @@ def test_config_keys_prints_bracketed_descriptions_verbatim():
 
 
 def test_logged_messages_print_markup_literally(capsys):
-    from flower_exp.cli import _log
+    from flower_exp.cli.core import _log
 
     _log("layer [bold]conv[/bold] in [red]")
     assert "layer [bold]conv[/bold] in [red]" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from flower_exp import models
 from flower_exp.errors import FlowerExpError
 from flower_exp.export import ExportMember, write_export
 from flower_exp.export_format import load_export
+from flower_exp.fetch import MAX_BYTES
 from flower_exp.predictor import predict_arrays, predict_sources
 
 CLASSES = ["daisy", "rose", "tulip", "iris"]
@@ -200,6 +201,20 @@ def test_pyfunc_matches_predict_sources(exported, image_files):
     assert "not fetched" in listed.loc[1, "error"]
 
 
+def test_exports_written_before_export_pyfunc_still_load(exported, image_files, tmp_path):
+    """Older exports' code file imports the pyfunc class from flower_exp.export."""
+    import mlflow.pyfunc
+
+    old = tmp_path / "old-export"
+    shutil.copytree(exported, old)
+    code = old / "ensemble_pyfunc.py"
+    text = code.read_text()
+    assert "from flower_exp.export_pyfunc import EnsemblePyfunc" in text
+    code.write_text(text.replace("from flower_exp.export_pyfunc import", "from flower_exp.export import"))
+    frame = mlflow.pyfunc.load_model(str(old)).predict([image_files[0]])
+    assert frame.loc[0, "error"] is None and frame.loc[0, "label"] in CLASSES
+
+
 def test_pyfunc_takes_base64_and_refuses_unreadable_input(exported, image_files):
     import base64
 
@@ -272,7 +287,7 @@ def test_served_export_answers_base64_requests_on_loopback(exported, image_files
         expected = predict_sources(load_export(str(exported)), [image_files[0]], top=4)[0]
         assert row["label"] == expected.top[0][0] and row["probability"] == pytest.approx(expected.top[0][1], abs=1e-5)
         # A non-image and an oversized payload: 400 with the reason, no stack trace.
-        too_big = "A" * (4 * (export_mod.MAX_BYTES // 3) + 8)
+        too_big = "A" * (4 * (MAX_BYTES // 3) + 8)
         for rows, reason in (([base64.b64encode(b"not an image").decode()], "not an image"),
                              ([too_big], "above the limit")):
             status, answer = post(rows)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import assert_one_line_error
 from flower_exp import cli as cli_mod
+from flower_exp.cli import servers
 from flower_exp.tracking import TrackingTarget
 
 PASSWORD = "s3cr3t-Pa55"
@@ -23,25 +24,25 @@ PASSWORD = "s3cr3t-Pa55"
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
 def test_loopback_hosts_need_no_warning(host):
-    assert cli_mod.bind_warning(host) is None
+    assert servers.bind_warning(host) is None
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "myhost.example.com"])
 def test_other_hosts_are_warned_about(host):
-    warning = cli_mod.bind_warning(host)
+    warning = servers.bind_warning(host)
     assert warning is not None and "\n" not in warning
     assert warning.startswith(f"warning: binding to {host}: ")
 
 
 def test_ui_argv_always_names_the_host_and_keeps_the_store_uri_off_the_command_line():
     target = TrackingTarget(f"postgresql://bob:{PASSWORD}@127.0.0.1/mlflow", "/p/mlruns/artifacts")
-    argv, env = cli_mod.ui_argv("/bin/mlflow", target)
+    argv, env = servers.ui_argv("/bin/mlflow", target)
     assert argv[:2] == ["/bin/mlflow", "ui"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert PASSWORD not in " ".join(argv)  # `ps` shows every user the command line
     assert env["MLFLOW_BACKEND_STORE_URI"] == target.uri
     assert argv[argv.index("--default-artifact-root") + 1] == "file:///p/mlruns/artifacts"
-    assert cli_mod.ui_argv("/bin/mlflow", target, "0.0.0.0", 8080)[0][2:6] == ["--host", "0.0.0.0", "--port", "8080"]
+    assert servers.ui_argv("/bin/mlflow", target, "0.0.0.0", 8080)[0][2:6] == ["--host", "0.0.0.0", "--port", "8080"]
 
 
 @pytest.fixture
