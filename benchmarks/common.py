@@ -23,8 +23,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 
 RESULT_KEYS = (
-    "name", "title", "goal", "goal_met", "measured", "command", "date", "machine",
-    "smoke", "table_md", "plots", "notes_md",
+    "name",
+    "title",
+    "goal",
+    "goal_met",
+    "measured",
+    "command",
+    "date",
+    "machine",
+    "smoke",
+    "table_md",
+    "plots",
+    "notes_md",
 )
 
 
@@ -47,7 +57,7 @@ def _ram_gib() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024 ** 2:.0f} GiB RAM"
+                return f"{int(line.split()[1]) / 1024**2:.0f} GiB RAM"
     except OSError:
         pass
     return "RAM unknown"
@@ -73,7 +83,10 @@ def _gpu() -> str:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = ""
@@ -83,8 +96,7 @@ def _gpu() -> str:
 def machine_info() -> str:
     """One line describing the machine: CPU model, cores, RAM, TF/Keras versions, GPU."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"{_cpu_model()}, {cores} cores, {_ram_gib()}, Python {platform.python_version()}, "
-            f"{_package_versions()}, {_gpu()}")
+    return f"{_cpu_model()}, {cores} cores, {_ram_gib()}, Python {platform.python_version()}, {_package_versions()}, {_gpu()}"
 
 
 def command_line() -> str:
@@ -94,8 +106,7 @@ def command_line() -> str:
         script = script.resolve().relative_to(REPO_ROOT)
     except ValueError:
         pass
-    return " ".join([".venv/bin/python", shlex.quote(str(script)),
-                     *map(shlex.quote, sys.argv[1:])])
+    return " ".join([".venv/bin/python", shlex.quote(str(script)), *map(shlex.quote, sys.argv[1:])])
 
 
 def utc_now() -> str:
@@ -141,11 +152,14 @@ def plot_path(out_dir, filename: str) -> tuple[Path, str]:
 def parse_args(description: str, argv=None) -> argparse.Namespace:
     """The ``[--smoke] [--out DIR]`` arguments every benchmark script takes."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--smoke", action="store_true",
-                        help="seconds-long run at the tiniest sizes (tests, CI)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for <name>.json and plots (default: benchmarks/results; "
-                             "with --smoke a new temporary folder, so a smoke run never replaces a result)")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run at the tiniest sizes (tests, CI)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for <name>.json and plots (default: benchmarks/results; "
+        "with --smoke a new temporary folder, so a smoke run never replaces a result)",
+    )
     args = parser.parse_args(argv)
     args.out = output_folder(args.out, args.smoke)
     return args
@@ -178,8 +192,7 @@ def finish(args: argparse.Namespace, *, goal_met, draw=None, **fields) -> Path:
 
 def md_table(header, rows) -> str:
     """A markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(map(str, header)) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -198,8 +211,7 @@ def demo_data(sizes, per_class: int, classes: int = 6, shards: int = 4) -> str:
     if not (root / "classes.txt").exists():
         log(f"generating demo data at {list(sizes)} px into {root}")
         root.parent.mkdir(parents=True, exist_ok=True)
-        generate_demo(str(root), classes=classes, per_class=per_class, sizes=tuple(sizes), seed=0, shards=shards,
-                      force=True)
+        generate_demo(str(root), classes=classes, per_class=per_class, sizes=tuple(sizes), seed=0, shards=shards, force=True)
     return str(root)
 
 
@@ -227,8 +239,14 @@ def write_json_atomic(path, data) -> Path:
 def code_version() -> str:
     """``git describe --always --dirty --tags`` of the repository ("unknown" outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=30, check=False)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() or "unknown"

@@ -27,8 +27,10 @@ import common  # noqa: E402
 
 NAME = "gpu"
 TITLE = "Accelerator run: throughput, input pipeline and MFU"
-GOAL = ("on a GPU, EfficientNetB0 and DenseNet121 at 224 px with mixed precision and XLA: report images/s, "
-        "the input-pipeline ratio (TFRecord / synthetic input) and model FLOPs utilisation")
+GOAL = (
+    "on a GPU, EfficientNetB0 and DenseNet121 at 224 px with mixed precision and XLA: report images/s, "
+    "the input-pipeline ratio (TFRecord / synthetic input) and model FLOPs utilisation"
+)
 # (input, model): float batches into the network (augmentation, if any, done by the pipeline on
 # the host), or uint8 batches into the network behind flower_exp's on-device augmentation and
 # normalisation (``augment.runs_on: device``, the default on a GPU).
@@ -71,13 +73,35 @@ class Setup:
     precision: str
 
 
-FULL = Setup(models=("efficientnet_b0", "densenet121"), image_size=224, batch=128, warmup_steps=15, steps=60,
-             skip=5, rounds=2, classes=6, per_class=200, xla=True, precision="float16")
+FULL = Setup(
+    models=("efficientnet_b0", "densenet121"),
+    image_size=224,
+    batch=128,
+    warmup_steps=15,
+    steps=60,
+    skip=5,
+    rounds=2,
+    classes=6,
+    per_class=200,
+    xla=True,
+    precision="float16",
+)
 # The smoke run checks the plumbing on a CPU in seconds: flower-exp's small CNN (tracing
 # DenseNet121's train step alone takes minutes on 2 cores), no mixed float16 or XLA (slow to
 # compile on a CPU and not what is measured there).
-SMOKE = Setup(models=("cnn",), image_size=32, batch=4, warmup_steps=1, steps=2, skip=0, rounds=1, classes=3,
-              per_class=10, xla=False, precision="off")
+SMOKE = Setup(
+    models=("cnn",),
+    image_size=32,
+    batch=4,
+    warmup_steps=1,
+    steps=2,
+    skip=0,
+    rounds=1,
+    classes=3,
+    per_class=10,
+    xla=False,
+    precision="off",
+)
 
 
 def peak_flops(gpu_name: str | None) -> float | None:
@@ -93,8 +117,9 @@ def gpu_name() -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20, check=False).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out.splitlines()[0].strip() if out else None
@@ -113,10 +138,14 @@ def forward_flops(name: str, image_size: int, num_classes: int) -> float:
     fn = tf.function(functools.partial(model, training=False))
     concrete = fn.get_concrete_function(tf.TensorSpec([1, image_size, image_size, 3], tf.float32))
     frozen, _ = convert_variables_to_constants_v2_as_graph(concrete)
-    options = tf.compat.v1.profiler.ProfileOptionBuilder(
-        tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
-    flops = tf.compat.v1.profiler.profile(graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op",
-                                          options=options).total_float_ops
+    options = (
+        tf.compat.v1.profiler.ProfileOptionBuilder(tf.compat.v1.profiler.ProfileOptionBuilder.float_operation())
+        .with_empty_output()
+        .build()
+    )
+    flops = tf.compat.v1.profiler.profile(
+        graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
+    ).total_float_ops
     del model
     keras.backend.clear_session()
     return float(flops)
@@ -172,29 +201,50 @@ def measure(setup: Setup, data_root: str, num_classes: int) -> list[dict]:
         flops = forward_flops(name, setup.image_size, num_classes)
         normalization = normalization_for(name)
         records = {
-            "tfrecord": pipeline.make_dataset(data_root, "train", image_size=setup.image_size, batch_size=setup.batch,
-                                              normalization=normalization, augment_cfg=AugmentConfig(), seed=0,
-                                              drop_remainder=True, num_classes=num_classes),
-            "tfrecord_device": pipeline.make_dataset(data_root, "train", image_size=setup.image_size,
-                                                     batch_size=setup.batch, normalization="none", seed=0,
-                                                     drop_remainder=True, num_classes=num_classes),
+            "tfrecord": pipeline.make_dataset(
+                data_root,
+                "train",
+                image_size=setup.image_size,
+                batch_size=setup.batch,
+                normalization=normalization,
+                augment_cfg=AugmentConfig(),
+                seed=0,
+                drop_remainder=True,
+                num_classes=num_classes,
+            ),
+            "tfrecord_device": pipeline.make_dataset(
+                data_root,
+                "train",
+                image_size=setup.image_size,
+                batch_size=setup.batch,
+                normalization="none",
+                seed=0,
+                drop_remainder=True,
+                num_classes=num_classes,
+            ),
         }
         shape = (setup.batch, setup.image_size, setup.image_size, 3)
         labels = tf.cast(tf.range(setup.batch) % num_classes, tf.int32)
         inputs = {
             "synthetic": tf.data.Dataset.from_tensors((tf.random.uniform(shape), labels)).repeat(),
             "synthetic_uint8": tf.data.Dataset.from_tensors(
-                (tf.cast(tf.random.uniform(shape, maxval=256, dtype=tf.int32), tf.uint8), labels)).repeat(),
+                (tf.cast(tf.random.uniform(shape, maxval=256, dtype=tf.int32), tf.uint8), labels)
+            ).repeat(),
             **records,
         }
         pipeline_rate = {k: pipeline_images_per_s(ds, max(setup.steps // 2, 2), setup.batch) for k, ds in records.items()}
         with precision_policy(setup.precision):
             network = create_model(name, num_classes=num_classes, image_size=setup.image_size, weights="none")
-            models = {"host": network,
-                      "device": training_model(network, setup.image_size, AugmentConfig(), normalization, seed=0)}
+            models = {
+                "host": network,
+                "device": training_model(network, setup.image_size, AugmentConfig(), normalization, seed=0),
+            }
             for model in models.values():
-                model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(),
-                              jit_compile=setup.xla)
+                model.compile(
+                    optimizer=keras.optimizers.Adam(1e-4),
+                    loss=keras.losses.SparseCategoricalCrossentropy(),
+                    jit_compile=setup.xla,
+                )
             for where, model in models.items():
                 common.log(f"{name}: compiling and warming up ({where} preprocessing)")
                 warm = inputs["synthetic" if where == "host" else "synthetic_uint8"]
@@ -204,14 +254,20 @@ def measure(setup: Setup, data_root: str, num_classes: int) -> list[dict]:
                 # Alternate the inputs so a slow spell of the machine hits all alike.
                 for kind, where in INPUTS.items():
                     clock = BatchClock()
-                    models[where].fit(inputs[kind], steps_per_epoch=setup.steps, epochs=1, verbose=0,
-                                      callbacks=[clock], shuffle=False)
+                    models[where].fit(
+                        inputs[kind], steps_per_epoch=setup.steps, epochs=1, verbose=0, callbacks=[clock], shuffle=False
+                    )
                     rates[kind].append(images_per_s(clock.times, setup.batch, setup.skip))
         rate = {k: common.median(v) for k, v in rates.items()}
-        rows.append({"model": name, "forward_flops": flops,
-                     "pipeline_images_per_s": pipeline_rate["tfrecord"],
-                     "pipeline_device_images_per_s": pipeline_rate["tfrecord_device"],
-                     **{f"{k}_images_per_s": rate[k] for k in INPUTS}})
+        rows.append(
+            {
+                "model": name,
+                "forward_flops": flops,
+                "pipeline_images_per_s": pipeline_rate["tfrecord"],
+                "pipeline_device_images_per_s": pipeline_rate["tfrecord_device"],
+                **{f"{k}_images_per_s": rate[k] for k in INPUTS},
+            }
+        )
         common.log(f"{name}: " + ", ".join(f"{k} {rate[k]:.0f}" for k in INPUTS) + " img/s")
         del models, network, records, inputs
         keras.backend.clear_session()
@@ -228,20 +284,47 @@ def report(setup: Setup, rows: list[dict], device: str | None, smoke: bool, out:
         augment_cost = r["synthetic_uint8_images_per_s"] / r["synthetic_images_per_s"]
         achieved = 3 * r["forward_flops"] * r["synthetic_images_per_s"]
         mfu = achieved / peak if peak else None
-        table_rows.append([
-            r["model"], f"{r['synthetic_images_per_s']:.1f}", f"{r['tfrecord_images_per_s']:.1f}", f"{ratio:.2f}",
-            f"{r['pipeline_images_per_s']:.1f}", f"{r['synthetic_uint8_images_per_s']:.1f}", f"{augment_cost:.2f}",
-            f"{r['tfrecord_device_images_per_s']:.1f}", f"{device_ratio:.2f}", f"{r['pipeline_device_images_per_s']:.1f}",
-            f"{r['forward_flops'] / 1e9:.3f}", f"{achieved / 1e12:.2f}",
-            "n/a" if mfu is None else f"{100 * mfu:.1f}%",
-        ])
-        parts.append(f"{r['model']} {r['synthetic_images_per_s']:.0f} img/s (input ratio {ratio:.2f} with host "
-                     f"augmentation, {device_ratio:.2f} with augmentation on the GPU at {augment_cost:.2f}x speed, MFU "
-                     + ("n/a" if mfu is None else f"{100 * mfu:.1f}%") + ")")
+        table_rows.append(
+            [
+                r["model"],
+                f"{r['synthetic_images_per_s']:.1f}",
+                f"{r['tfrecord_images_per_s']:.1f}",
+                f"{ratio:.2f}",
+                f"{r['pipeline_images_per_s']:.1f}",
+                f"{r['synthetic_uint8_images_per_s']:.1f}",
+                f"{augment_cost:.2f}",
+                f"{r['tfrecord_device_images_per_s']:.1f}",
+                f"{device_ratio:.2f}",
+                f"{r['pipeline_device_images_per_s']:.1f}",
+                f"{r['forward_flops'] / 1e9:.3f}",
+                f"{achieved / 1e12:.2f}",
+                "n/a" if mfu is None else f"{100 * mfu:.1f}%",
+            ]
+        )
+        parts.append(
+            f"{r['model']} {r['synthetic_images_per_s']:.0f} img/s (input ratio {ratio:.2f} with host "
+            f"augmentation, {device_ratio:.2f} with augmentation on the GPU at {augment_cost:.2f}x speed, MFU "
+            + ("n/a" if mfu is None else f"{100 * mfu:.1f}%")
+            + ")"
+        )
     table = common.md_table(
-        ["model", "synthetic img/s", "TFRecord img/s (host aug.)", "input ratio (TFRecord/synthetic)", "pipeline alone img/s",
-         "synthetic uint8 img/s (device aug.)", "device aug. speed (vs synthetic)", "TFRecord img/s (device aug.)",
-         "input ratio, device aug.", "uint8 pipeline alone img/s", "forward GFLOPs/img", "achieved TFLOP/s (synthetic)", "MFU"], table_rows)
+        [
+            "model",
+            "synthetic img/s",
+            "TFRecord img/s (host aug.)",
+            "input ratio (TFRecord/synthetic)",
+            "pipeline alone img/s",
+            "synthetic uint8 img/s (device aug.)",
+            "device aug. speed (vs synthetic)",
+            "TFRecord img/s (device aug.)",
+            "input ratio, device aug.",
+            "uint8 pipeline alone img/s",
+            "forward GFLOPs/img",
+            "achieved TFLOP/s (synthetic)",
+            "MFU",
+        ],
+        table_rows,
+    )
     where = device or "CPU (no GPU)"
     measured = f"{where}, {setup.image_size} px, batch {setup.batch}: " + "; ".join(parts)
     notes = [
@@ -260,8 +343,17 @@ def report(setup: Setup, rows: list[dict], device: str | None, smoke: bool, out:
         "images/s / the GPU's dense fp16/bf16 peak (PEAK_FLOPS in benchmarks/gpu.py, from nvidia-smi's name"
         + (f": {peak / 1e12:.0f} TFLOP/s)." if peak else "; none for this device, so no MFU)."),
     ]
-    path = common.write_result(out, name=NAME, title=TITLE, goal=GOAL, goal_met=None, measured=measured,
-                               smoke=smoke, table_md=table, notes_md="\n\n".join(notes))
+    path = common.write_result(
+        out,
+        name=NAME,
+        title=TITLE,
+        goal=GOAL,
+        goal_met=None,
+        measured=measured,
+        smoke=smoke,
+        table_md=table,
+        notes_md="\n\n".join(notes),
+    )
     print(measured)
     print(table)
     return path
@@ -282,13 +374,11 @@ def main(argv=None) -> int:
     tf = tensorflow()
     device = gpu_name() if tf.config.list_physical_devices("GPU") else None
     if device is None and not args.smoke:
-        print("gpu.py: TensorFlow sees no GPU; run on a GPU machine, or pass --smoke for the CPU check",
-              file=sys.stderr)
+        print("gpu.py: TensorFlow sees no GPU; run on a GPU machine, or pass --smoke for the CPU check", file=sys.stderr)
         return 2
     root = data_cache(setup)
     common.log(f"demo TFRecords at {setup.image_size} px in {root}")
-    info, _ = ensure_demo(root, classes=setup.classes, per_class=setup.per_class, sizes=[setup.image_size],
-                          seed=0, shards=8)
+    info, _ = ensure_demo(root, classes=setup.classes, per_class=setup.per_class, sizes=[setup.image_size], seed=0, shards=8)
     rows = measure(setup, root, len(info.classes))
     report(setup, rows, device, args.smoke, args.out)
     return 0

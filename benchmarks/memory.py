@@ -51,8 +51,14 @@ def rss_mib() -> float:
 def make_project(folder: Path, root: str, trials: int, epochs: int) -> Path:
     import yaml
 
-    exp = {"data_dir": root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64,
-           "lr_rampup_epochs": 0, "lr_sustain_epochs": 1}
+    exp = {
+        "data_dir": root,
+        "image_size": 32,
+        "batch_size_per_replica": 16,
+        "shuffle_buffer": 64,
+        "lr_rampup_epochs": 0,
+        "lr_sustain_epochs": 1,
+    }
     sweep = {
         "trials": trials,
         "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 5},
@@ -104,8 +110,14 @@ def main(argv=None) -> None:
         if event["kind"] == "trial_start":
             started[0] = time.perf_counter()
         elif event["kind"] == "trial_end":
-            samples.append({"trial": len(samples) + 1, "rss": rss_mib(), "state": event["state"],
-                            "seconds": time.perf_counter() - started[0]})
+            samples.append(
+                {
+                    "trial": len(samples) + 1,
+                    "rss": rss_mib(),
+                    "state": event["state"],
+                    "seconds": time.perf_counter() - started[0],
+                }
+            )
             log(f"trial {event['number']} {event['state']}: RSS {samples[-1]['rss']:.0f} MiB")
 
     before = rss_mib()
@@ -120,12 +132,18 @@ def main(argv=None) -> None:
     growth = (last - first) / first
     second = samples[1]["rss"] if len(samples) > 1 else first
     per_trial = (last - second) / max(1, len(samples) - 2)
-    shown = samples if len(samples) <= 5 else [samples[i] for i in sorted({0, 1, 2, 4, 9, 14, len(samples) - 1}) if i < len(samples)]
-    table = md_table(["after trial", "RSS (MiB)", "trial state", "trial wall time (s)"],
-                     [[s["trial"], f"{s['rss']:.0f}", s["state"], f"{s['seconds']:.1f}"] for s in shown])
+    shown = (
+        samples if len(samples) <= 5 else [samples[i] for i in sorted({0, 1, 2, 4, 9, 14, len(samples) - 1}) if i < len(samples)]
+    )
+    table = md_table(
+        ["after trial", "RSS (MiB)", "trial state", "trial wall time (s)"],
+        [[s["trial"], f"{s['rss']:.0f}", s["state"], f"{s['seconds']:.1f}"] for s in shown],
+    )
     table += f"\n\nRSS before the sweep (flower_exp.study imported, TensorFlow not yet): {before:.0f} MiB."
-    measured = (f"RSS {first:.0f} MiB after trial 1, {last:.0f} MiB after trial {len(samples)}: "
-                f"{100 * growth:+.1f}% ({per_trial:+.1f} MiB per trial after trial 2)")
+    measured = (
+        f"RSS {first:.0f} MiB after trial 1, {last:.0f} MiB after trial {len(samples)}: "
+        f"{100 * growth:+.1f}% ({per_trial:+.1f} MiB per trial after trial 2)"
+    )
     notes = (
         f"Method: `run_sweep` in this process (one worker) over demo data at 32 px (6 classes, {per_class} per "
         f"class), {trials} trials of {epochs} epochs with TPE over CNN width/depth, dropout and peak LR, pruning "
@@ -138,8 +156,10 @@ def main(argv=None) -> None:
     )
     if not args.smoke:
         if growth >= GOAL_GROWTH:
-            notes += (f"\n\nGoal missed: {100 * growth:.1f}% growth, about {per_trial:.1f} MiB per trial: "
-                      "something still survives each trial (see the table).")
+            notes += (
+                f"\n\nGoal missed: {100 * growth:.1f}% growth, about {per_trial:.1f} MiB per trial: "
+                "something still survives each trial (see the table)."
+            )
         notes += "\n\n" + LEAK_ROOT_CAUSE
     finish(
         args,

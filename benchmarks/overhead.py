@@ -58,14 +58,30 @@ def instrument_callbacks() -> list[tuple[str, str]]:
 
     hooks = [
         (callbacks.EpochTimer, ("on_epoch_begin", "on_epoch_end"), "epoch timer", "epoch time and images/s"),
-        (callbacks.StopOnNonFinite, ("on_epoch_begin", "on_train_batch_end"), "NaN guard",
-         "reads the loss of every batch (Keras' TF backend converts each step's logs to Python anyway)"),
-        (keras.callbacks.LearningRateScheduler, ("on_epoch_begin", "on_epoch_end"), "LR scheduler",
-         "sets the epoch's learning rate"),
-        (callbacks.BestEpoch, ("on_epoch_end",), "best epoch + early stopping",
-         "copies the weights when val macro-F1 improves, stops after `patience` epochs without"),
-        (callbacks.Logger, ("on_epoch_end",), "MLflow logger + pruning hook",
-         "log_batch of the epoch metrics to MLflow, progress line, Optuna report/should_prune"),
+        (
+            callbacks.StopOnNonFinite,
+            ("on_epoch_begin", "on_train_batch_end"),
+            "NaN guard",
+            "reads the loss of every batch (Keras' TF backend converts each step's logs to Python anyway)",
+        ),
+        (
+            keras.callbacks.LearningRateScheduler,
+            ("on_epoch_begin", "on_epoch_end"),
+            "LR scheduler",
+            "sets the epoch's learning rate",
+        ),
+        (
+            callbacks.BestEpoch,
+            ("on_epoch_end",),
+            "best epoch + early stopping",
+            "copies the weights when val macro-F1 improves, stops after `patience` epochs without",
+        ),
+        (
+            callbacks.Logger,
+            ("on_epoch_end",),
+            "MLflow logger + pruning hook",
+            "log_batch of the epoch metrics to MLflow, progress line, Optuna report/should_prune",
+        ),
     ]
     rows = []
     for cls, methods, label, what in hooks:
@@ -118,9 +134,18 @@ def make_project(folder: Path, root: str, size: int, epochs: int) -> Path:
     import yaml
 
     exp = {
-        "data_dir": root, "image_size": size, "batch_size_per_replica": 32, "shuffle_buffer": 512,
-        "architecture": "cnn", "weights": "none", "cnn_width": 16, "cnn_depth": 3, "epochs": epochs,
-        "lr_rampup_epochs": 1, "lr_sustain_epochs": 1, "early_stopping_patience": 0,
+        "data_dir": root,
+        "image_size": size,
+        "batch_size_per_replica": 32,
+        "shuffle_buffer": 512,
+        "architecture": "cnn",
+        "weights": "none",
+        "cnn_width": 16,
+        "cnn_depth": 3,
+        "epochs": epochs,
+        "lr_rampup_epochs": 1,
+        "lr_sustain_epochs": 1,
+        "early_stopping_patience": 0,
     }
     (folder / "experiments.yaml").write_text(yaml.safe_dump({"default": "bench", "experiments": {"bench": exp}}))
     return folder / "experiments.yaml"
@@ -141,13 +166,23 @@ def run_bare(exp) -> tuple[list[float], list[float], list[float]]:
     val_ds = train.validation_data(data, cfg, setup.global_batch, setup.prep)
     model, _network = setup.built_model()
     # What a hand-written script compiles: no macro-F1 metric (that cost belongs to the harness).
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=setup.schedule.lr(0, setup.acc.replicas)),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=setup.schedule.lr(0, setup.acc.replicas)),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=cfg.jit_compile,
+        steps_per_execution=cfg.steps_per_execution,
+    )
     wall = wall_clock()
-    model.fit(setup.train_ds, epochs=cfg.epochs, steps_per_epoch=setup.steps, validation_data=val_ds, callbacks=[wall],
-              verbose=0, shuffle=False)
+    model.fit(
+        setup.train_ds,
+        epochs=cfg.epochs,
+        steps_per_epoch=setup.steps,
+        validation_data=val_ds,
+        callbacks=[wall],
+        verbose=0,
+        shuffle=False,
+    )
     del model, setup, val_ds
     keras.backend.clear_session()
     return wall.epoch_times, wall.epoch_cpu, wall.validation
@@ -164,9 +199,9 @@ def run_harness(exp, tracker, storage_dir: Path, round_no: int) -> tuple[list[fl
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A fresh study per round: its only trial is never pruned, so every run trains all epochs.
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(storage_dir / f"study-{round_no}.log")))
-    study = optuna.create_study(storage=storage, direction="maximize",
-                                pruner=make_pruner(PrunerConfig(), exp.config.epochs))
+        optuna.storages.journal.JournalFileBackend(str(storage_dir / f"study-{round_no}.log"))
+    )
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=make_pruner(PrunerConfig(), exp.config.epochs))
     trial = study.ask()
 
     def hook(epoch: int, value: float) -> None:
@@ -175,8 +210,7 @@ def run_harness(exp, tracker, storage_dir: Path, round_no: int) -> tuple[list[fl
             raise train.Pruned(epoch, value)
 
     wall = wall_clock()
-    result = train.run(exp, tracker=tracker, run_name=f"bench-{round_no}", pruning_hook=hook, progress=None,
-                       callbacks=[wall])
+    result = train.run(exp, tracker=tracker, run_name=f"bench-{round_no}", pruning_hook=hook, progress=None, callbacks=[wall])
     study.tell(trial, result.best_val_macro_f1)
     return wall.epoch_times, wall.epoch_cpu, wall.validation
 
@@ -218,8 +252,11 @@ def main(argv=None) -> None:
                     harness_rounds.append(epochs_s)
                     harness_cpu.append(cpu_s)
                     harness_validation.append(validation_s)
-                log(f"round {r + 1} {variant}: epochs " + " ".join(
-                    f"{t:.2f}" for t in (bare_rounds if variant == "bare" else harness_rounds)[-1]) + " s")
+                log(
+                    f"round {r + 1} {variant}: epochs "
+                    + " ".join(f"{t:.2f}" for t in (bare_rounds if variant == "bare" else harness_rounds)[-1])
+                    + " s"
+                )
 
     later = slice(1, None) if epochs > 1 else slice(None)
     ratios = [median(h[later]) / median(b[later]) for b, h in zip(bare_rounds, harness_rounds)]
@@ -235,30 +272,49 @@ def main(argv=None) -> None:
     trial_validation = median(t for v in harness_validation for t in v[later])
 
     rows = [
-        ["epoch time after the first (median)", f"{bare_epoch:.3f} s", f"{harness_epoch:.3f} s",
-         f"{harness_epoch / bare_epoch:.3f}"],
-        ["first epoch (median; tracing included)", f"{first_bare:.3f} s", f"{first_harness:.3f} s",
-         f"{first_harness / first_bare:.3f}"],
+        [
+            "epoch time after the first (median)",
+            f"{bare_epoch:.3f} s",
+            f"{harness_epoch:.3f} s",
+            f"{harness_epoch / bare_epoch:.3f}",
+        ],
+        [
+            "first epoch (median; tracing included)",
+            f"{first_bare:.3f} s",
+            f"{first_harness:.3f} s",
+            f"{first_harness / first_bare:.3f}",
+        ],
         ["ratio of medians, per round", "", "", " ".join(f"{x:.3f}" for x in ratios)],
-        ["CPU-seconds per epoch after the first (median)", f"{median(t for b in bare_cpu for t in b[later]):.3f} s",
-         f"{median(t for h in harness_cpu for t in h[later]):.3f} s", f"{cpu_ratio:.3f} (median of per-round ratios)"],
+        [
+            "CPU-seconds per epoch after the first (median)",
+            f"{median(t for b in bare_cpu for t in b[later]):.3f} s",
+            f"{median(t for h in harness_cpu for t in h[later]):.3f} s",
+            f"{cpu_ratio:.3f} (median of per-round ratios)",
+        ],
     ]
     table = md_table(["", "bare model.fit", "flower-exp trial", "trial / bare"], rows)
     cost_rows = []
     for label, what in described:
         per_epoch = _per_epoch(label, epochs, later_epochs)
-        cost_rows.append([label, what, f"{per_epoch * 1000:.1f} ms",
-                          f"{100 * per_epoch / harness_epoch:.1f}%" if harness_epoch else ""])
-    table += "\n\nPer-epoch cost of each harness callback (time inside its hooks, mean over the trial epochs after the first):\n\n"
+        cost_rows.append(
+            [label, what, f"{per_epoch * 1000:.1f} ms", f"{100 * per_epoch / harness_epoch:.1f}%" if harness_epoch else ""]
+        )
+    table += (
+        "\n\nPer-epoch cost of each harness callback (time inside its hooks, mean over the trial epochs after the first):\n\n"
+    )
     table += md_table(["callback", "what it does", "per epoch", "share of an epoch"], cost_rows)
     callbacks_s = sum(float(row[2].split()[0]) for row in cost_rows) / 1000
-    table += (f"\n\nValidation pass (Keras `validation_data`, median per epoch after the first): bare "
-              f"{keras_validation * 1000:.0f} ms, trial {trial_validation * 1000:.0f} ms (the trial's adds the "
-              f"streaming macro-F1 metric). Epoch time without validation and callbacks: bare "
-              f"{bare_epoch - keras_validation:.3f} s, trial {harness_epoch - trial_validation - callbacks_s:.3f} s.")
+    table += (
+        f"\n\nValidation pass (Keras `validation_data`, median per epoch after the first): bare "
+        f"{keras_validation * 1000:.0f} ms, trial {trial_validation * 1000:.0f} ms (the trial's adds the "
+        f"streaming macro-F1 metric). Epoch time without validation and callbacks: bare "
+        f"{bare_epoch - keras_validation:.3f} s, trial {harness_epoch - trial_validation - callbacks_s:.3f} s."
+    )
 
-    measured = (f"trial/bare epoch time {ratio:.3f} after the first epoch (median of {rounds} interleaved "
-                f"rounds x {epochs} epochs; trial {harness_epoch:.2f} s, bare {bare_epoch:.2f} s); CPU-time ratio {cpu_ratio:.3f}")
+    measured = (
+        f"trial/bare epoch time {ratio:.3f} after the first epoch (median of {rounds} interleaved "
+        f"rounds x {epochs} epochs; trial {harness_epoch:.2f} s, bare {bare_epoch:.2f} s); CPU-time ratio {cpu_ratio:.3f}"
+    )
     notes = (
         f"Method: demo data at {size} px (6 classes, {per_class} images per class), CNN width 16, depth 3, "
         f"batch 32, {epochs} epochs per run, {rounds} rounds alternating bare/trial order. Both variants "
@@ -279,9 +335,11 @@ def main(argv=None) -> None:
         "pass is outside the epoch times compared here."
     )
     if ratio > GOAL_RATIO and not args.smoke:
-        notes += (f"\n\n**Goal missed** on wall time ({ratio:.3f} > {GOAL_RATIO}; CPU-time ratio {cpu_ratio:.3f}). "
-                  "Per-round ratios: " + ", ".join(f"{x:.3f}" for x in ratios) + ". See the figures above for "
-                  "how much of it is the validation pass versus noise from other jobs on the machine.")
+        notes += (
+            f"\n\n**Goal missed** on wall time ({ratio:.3f} > {GOAL_RATIO}; CPU-time ratio {cpu_ratio:.3f}). "
+            "Per-round ratios: " + ", ".join(f"{x:.3f}" for x in ratios) + ". See the figures above for "
+            "how much of it is the validation pass versus noise from other jobs on the machine."
+        )
     finish(
         args,
         name="overhead",

@@ -57,10 +57,17 @@ def pipeline_dataset(root: str, size: int, on_device: bool = True):
     from flower_exp.config import AugmentConfig
     from flower_exp.data import pipeline
 
-    return pipeline.make_dataset(root, "train", image_size=size, batch_size=BATCH,
-                                 normalization="none" if on_device else "unit",
-                                 augment_cfg=None if on_device else AugmentConfig(), shuffle_buffer=512, seed=0,
-                                 num_classes=6)
+    return pipeline.make_dataset(
+        root,
+        "train",
+        image_size=size,
+        batch_size=BATCH,
+        normalization="none" if on_device else "unit",
+        augment_cfg=None if on_device else AugmentConfig(),
+        shuffle_buffer=512,
+        seed=0,
+        num_classes=6,
+    )
 
 
 VARIANTS = {
@@ -105,7 +112,7 @@ def measure(root: str, size: int, repeats: int, batches: int, warmup: int) -> di
     for r in range(repeats):
         # Rotate the order every round so no variant always runs right after the same one.
         got = {}
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             got[name], got[name + "_cpu"] = throughput(datasets[name], batches, warmup)
         got["ratio"] = got["pipeline"] / got["ceiling"]
         got["ratio_host"] = got["host_augment"] / got["ceiling"]
@@ -114,11 +121,18 @@ def measure(root: str, size: int, repeats: int, batches: int, warmup: int) -> di
         for name in names:  # CPU-seconds per wall second: how many cores the variant kept busy
             got[name + "_cores"] = got[name] / got[name + "_cpu"]
         rounds.append(got)
-        log(f"{size} px round {r + 1}: " + ", ".join(f"{n} {got[n]:.0f}" for n in names)
+        log(
+            f"{size} px round {r + 1}: "
+            + ", ".join(f"{n} {got[n]:.0f}" for n in names)
             + f" img/s, ratio {got['ratio']:.3f} (host augmentation {got['ratio_host']:.3f}), "
-            f"per CPU-s {got['cpu_ratio']:.3f} ({got['cpu_ratio_host']:.3f})")
-    return {"size": size, **{key: median(x[key] for x in rounds) for key in rounds[0]},
-            "ratio_min": min(x["ratio"] for x in rounds), "ratio_max": max(x["ratio"] for x in rounds)}
+            f"per CPU-s {got['cpu_ratio']:.3f} ({got['cpu_ratio_host']:.3f})"
+        )
+    return {
+        "size": size,
+        **{key: median(x[key] for x in rounds) for key in rounds[0]},
+        "ratio_min": min(x["ratio"] for x in rounds),
+        "ratio_max": max(x["ratio"] for x in rounds),
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -162,20 +176,40 @@ def main(argv=None) -> None:
         results.append(measure(root, size, repeats, batches, warmup=2 if args.smoke else 20))
 
     table = md_table(
-        ["size", "decode-only ceiling (img/s)", "training pipeline (img/s)", "ratio (median)", "ratio range",
-         "ratio per CPU-second", "host augmentation (img/s)", "ratio, host augmentation", "per CPU-s, host aug.",
-         "cores busy: ceiling / pipeline / host aug."],
-        [[f"{r['size']} px", f"{r['ceiling']:.0f}", f"{r['pipeline']:.0f}", f"{r['ratio']:.2f}",
-          f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}", f"{r['cpu_ratio']:.2f}", f"{r['host_augment']:.0f}",
-          f"{r['ratio_host']:.2f}", f"{r['cpu_ratio_host']:.2f}",
-          f"{r['ceiling_cores']:.2f} / {r['pipeline_cores']:.2f} / {r['host_augment_cores']:.2f}"]
-         for r in results],
+        [
+            "size",
+            "decode-only ceiling (img/s)",
+            "training pipeline (img/s)",
+            "ratio (median)",
+            "ratio range",
+            "ratio per CPU-second",
+            "host augmentation (img/s)",
+            "ratio, host augmentation",
+            "per CPU-s, host aug.",
+            "cores busy: ceiling / pipeline / host aug.",
+        ],
+        [
+            [
+                f"{r['size']} px",
+                f"{r['ceiling']:.0f}",
+                f"{r['pipeline']:.0f}",
+                f"{r['ratio']:.2f}",
+                f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f}",
+                f"{r['cpu_ratio']:.2f}",
+                f"{r['host_augment']:.0f}",
+                f"{r['ratio_host']:.2f}",
+                f"{r['cpu_ratio_host']:.2f}",
+                f"{r['ceiling_cores']:.2f} / {r['pipeline_cores']:.2f} / {r['host_augment_cores']:.2f}",
+            ]
+            for r in results
+        ],
     )
     worst = min(results, key=lambda r: r["ratio"])
     measured = ", ".join(f"{r['ratio']:.2f} at {r['size']} px" for r in results)
-    measured = (f"pipeline/ceiling {measured} (median of {repeats} interleaved rounds, batch {BATCH}; augmentation "
-                "on the accelerator); with augmentation on the host "
-                + ", ".join(f"{r['ratio_host']:.2f}" for r in results))
+    measured = (
+        f"pipeline/ceiling {measured} (median of {repeats} interleaved rounds, batch {BATCH}; augmentation "
+        "on the accelerator); with augmentation on the host " + ", ".join(f"{r['ratio_host']:.2f}" for r in results)
+    )
     notes = (
         f"Method: demo data (6 classes, {per_class} images per class, 4 shards per split) generated at "
         f"{', '.join(map(str, sizes))} px outside the repo. Each dataset is built once; every measurement opens "
@@ -220,9 +254,11 @@ def main(argv=None) -> None:
             "and labels are checked once per batch with the message built only on failure."
         )
     if worst["ratio"] < GOAL_RATIO and not args.smoke:
-        notes += (f"\n\n**Goal missed** at {worst['size']} px ({worst['ratio']:.2f}): what remains between the "
-                  "pipeline and the ceiling is the record shuffle and, where a source needs resizing, the per-record "
-                  "size test; see the per-CPU-second ratio for how much of it is load from other jobs.")
+        notes += (
+            f"\n\n**Goal missed** at {worst['size']} px ({worst['ratio']:.2f}): what remains between the "
+            "pipeline and the ceiling is the record shuffle and, where a source needs resizing, the per-record "
+            "size test; see the per-CPU-second ratio for how much of it is load from other jobs."
+        )
     finish(
         args,
         name="pipeline",

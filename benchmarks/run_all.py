@@ -32,11 +32,16 @@ def commands(smoke: bool, out: Path) -> list[tuple[str, list[str]]]:
     """(name, argv) of every benchmark to run, in order."""
     bench = REPO_ROOT / "benchmarks"
     flags = (["--smoke"] if smoke else []) + ["--out", str(out)]
-    found = [(name, [sys.executable, str(bench / f"{name}.py"), *flags])
-             for name in SCRIPTS if (bench / f"{name}.py").exists() and (smoke or name not in SITTINGS)]
+    found = [
+        (name, [sys.executable, str(bench / f"{name}.py"), *flags])
+        for name in SCRIPTS
+        if (bench / f"{name}.py").exists() and (smoke or name not in SITTINGS)
+    ]
     for name in SITTINGS if not smoke else ():
-        log(f"{name}: skipped (hours on real photos, resumable over several sittings); run "
-            f"`FLOWER_EXP_BENCH_DATA=<photos> .venv/bin/python benchmarks/{name}.py` on its own")
+        log(
+            f"{name}: skipped (hours on real photos, resumable over several sittings); run "
+            f"`FLOWER_EXP_BENCH_DATA=<photos> .venv/bin/python benchmarks/{name}.py` on its own"
+        )
     has_gpu = shutil.which("nvidia-smi") is not None
     if (bench / "gpu.sh").exists() and (smoke or has_gpu):
         found.append(("gpu", ["bash", str(bench / "gpu.sh"), *flags]))
@@ -57,8 +62,10 @@ def main(argv=None) -> int:
         if code != 0:
             failed.append(name)
     report = REPO_ROOT / "BENCHMARKS.md" if out == DEFAULT_OUT.resolve() else out / "BENCHMARKS.md"
-    code = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "report.py"), "--results", str(out),
-                           "--output", str(report)], cwd=REPO_ROOT).returncode
+    code = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "report.py"), "--results", str(out), "--output", str(report)],
+        cwd=REPO_ROOT,
+    ).returncode
     if code != 0:
         failed.append("report")
     if failed:

@@ -63,9 +63,11 @@ TITLE = "Search efficiency on real photos at equal wall-clock budget"
 # The issue's goal; GOAL_MARGIN is its "+ 2 points" of test accuracy.
 GOAL_MARGIN = 0.02
 MIN_SEEDS = 3
-GOAL = (f"flowers5, equal wall-clock budget, median of >= {MIN_SEEDS} seeds: flower-exp's final test accuracy >= the "
-        f"best other method + {GOAL_MARGIN * 100:g} points, and its anytime curve at or above every other method's "
-        "after its first completed trial")
+GOAL = (
+    f"flowers5, equal wall-clock budget, median of >= {MIN_SEEDS} seeds: flower-exp's final test accuracy >= the "
+    f"best other method + {GOAL_MARGIN * 100:g} points, and its anytime curve at or above every other method's "
+    "after its first completed trial"
+)
 
 # slug -> name shown in the report; the order of the table and of the work within a seed.
 METHODS = {
@@ -109,8 +111,15 @@ SMOKE_SPACE = {
         "dropout": {"low": 0.0, "high": 0.4},
         "lr_max": {"low": 3.0e-4, "high": 3.0e-3, "log": True},
     },
-    "fixed": {"architecture": "cnn", "weights": "none", "image_size": 32, "cnn_depth": 2, "epochs": 3,
-              "lr_rampup_epochs": 0, "lr_sustain_epochs": 1},
+    "fixed": {
+        "architecture": "cnn",
+        "weights": "none",
+        "image_size": 32,
+        "cnn_depth": 2,
+        "epochs": 3,
+        "lr_rampup_epochs": 0,
+        "lr_sustain_epochs": 1,
+    },
     "enqueue": [{"cnn_width": 8, "dropout": 0.2, "lr_max": 1.0e-3}],
 }
 
@@ -147,8 +156,9 @@ class EpochLog:
 
     def epoch(self, trial: int, epoch: int, value: float) -> None:
         """Record the validation macro-F1 of one trained epoch."""
-        self.epochs.append({"t_s": round(self.elapsed(), 2), "trial": int(trial), "epoch": int(epoch),
-                            "val_f1": round(float(value), 6)})
+        self.epochs.append(
+            {"t_s": round(self.elapsed(), 2), "trial": int(trial), "epoch": int(epoch), "val_f1": round(float(value), 6)}
+        )
 
 
 def best_so_far_at(epochs: list[dict[str, Any]], times: list[float]) -> list[float]:
@@ -207,8 +217,10 @@ def check_comparable(runs: list[dict[str, Any]], budget_min: float | None = None
     spaces = {r["space_sha256"] for r in runs} | ({space} if space is not None else set())
     if len(budgets) > 1 or len(spaces) > 1:
         seen = ", ".join(f"{b:g} min" for b in sorted(budgets))
-        raise SystemExit(f"search.py: the work dir holds runs of another budget or search space ({seen}); "
-                         "continue with the same --budget-min and sweep file, or choose another --work")
+        raise SystemExit(
+            f"search.py: the work dir holds runs of another budget or search space ({seen}); "
+            "continue with the same --budget-min and sweep file, or choose another --work"
+        )
 
 
 def space_sha256(text: str) -> str:
@@ -242,8 +254,12 @@ def write_project(root: Path, data_dir: Path, seed: int, smoke: bool, sweep_text
     if root.exists():
         shutil.rmtree(root)  # a crashed earlier attempt: start clean, its time is not comparable
     root.mkdir(parents=True)
-    experiment: dict[str, Any] = {"data_dir": str(data_dir), "seed": seed, "batch_size_per_replica": BATCH,
-                                  "shuffle_buffer": SHUFFLE_BUFFER}
+    experiment: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "seed": seed,
+        "batch_size_per_replica": BATCH,
+        "shuffle_buffer": SHUFFLE_BUFFER,
+    }
     if smoke:
         experiment.update(generate=SMOKE_DATA, image_size=SMOKE_DATA["sizes"][0])
     else:
@@ -277,8 +293,18 @@ def run_flower_exp_sweep(config: Path, sweep: Path, seed: int, budget_min: float
         elif event["kind"] == "trial_end":
             log.trial_ended()
 
-    result = flower_exp.sweep(config=str(config), experiment=EXPERIMENT, sweep=str(sweep), study_name=study, seed=seed,
-                              trials=TRIALS, budget_min=budget_min, quiet=True, log=say, on_event=on_event)
+    result = flower_exp.sweep(
+        config=str(config),
+        experiment=EXPERIMENT,
+        sweep=str(sweep),
+        study_name=study,
+        seed=seed,
+        trials=TRIALS,
+        budget_min=budget_min,
+        quiet=True,
+        log=say,
+        on_event=on_event,
+    )
     done = sum(result.counts.get(k, 0) for k in ("finished", "pruned"))
     return study, "budget" if done < TRIALS else "trials"
 
@@ -308,8 +334,9 @@ def run_long(config: Path, sweep: Path, budget_min: float, log: EpochLog) -> str
             log.epoch(0, epoch + 1, logs["val_macro_f1"])
 
     log.trial_started()
-    result = flower_exp.train(EXPERIMENT, set=overrides, config=str(config), budget_min=budget_min, progress=None,
-                              callbacks=[Record()])
+    result = flower_exp.train(
+        EXPERIMENT, set=overrides, config=str(config), budget_min=budget_min, progress=None, callbacks=[Record()]
+    )
     log.trial_ended()
     return "budget" if result.state == "stopped" else result.state
 
@@ -322,8 +349,9 @@ def export_and_score(config: Path, study: str | None, data_dir: Path, folder: Pa
     from flower_exp.predictor import predict_test, read_labels
 
     start = time.time()
-    result = flower_exp.best(config=str(config), experiment=EXPERIMENT, study=study, export=str(folder / "export"),
-                             force=True, log=say)
+    result = flower_exp.best(
+        config=str(config), experiment=EXPERIMENT, study=study, export=str(folder / "export"), force=True, log=say
+    )
     export_s = time.time() - start
     ens = load_export(str(folder / "export"))
     labels_csv = str(data_dir / "test_labels.csv")
@@ -331,12 +359,18 @@ def export_and_score(config: Path, study: str | None, data_dir: Path, folder: Pa
     labels = read_labels(labels_csv, len(ens.class_names))
     predicted = read_labels(csv_path, len(ens.class_names))
     accuracy = sum(predicted[i] == labels[i] for i in predicted) / len(predicted)
-    return {"export_s": round(export_s, 2), "test_accuracy": round(accuracy, 6), "test_macro_f1": round(macro_f1, 6),
-            "test_images": len(predicted), "predictor": f"{len(result.exported_members)} member(s) of best --export"}
+    return {
+        "export_s": round(export_s, 2),
+        "test_accuracy": round(accuracy, 6),
+        "test_macro_f1": round(macro_f1, 6),
+        "test_images": len(predicted),
+        "predictor": f"{len(result.exported_members)} member(s) of best --export",
+    }
 
 
-def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min: float, data_dir: Path,
-                    log: EpochLog, project: Path) -> dict[str, Any]:
+def run_keras_tuner(
+    kind: str, config: Path, sweep: Path, seed: int, budget_min: float, data_dir: Path, log: EpochLog, project: Path
+) -> dict[str, Any]:
     """A Keras Tuner search over the sweep file's space until the budget, then its
     ``get_best_models(1)`` scored on the test split."""
     import keras
@@ -359,8 +393,10 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
     sweep_cfg = load_sweep(sweep, exp.config)
     conditional = [name for name, spec in sweep_cfg.params.items() if spec.when]
     if conditional:
-        raise SystemExit(f"search.py: {SWEEP_FILE.name}: params {', '.join(conditional)} have 'when:' conditions, which "
-                         "this benchmark does not map onto Keras Tuner; drop them or extend run_keras_tuner")
+        raise SystemExit(
+            f"search.py: {SWEEP_FILE.name}: params {', '.join(conditional)} have 'when:' conditions, which "
+            "this benchmark does not map onto Keras Tuner; drop them or extend run_keras_tuner"
+        )
     data = open_data(exp)
     num_classes = len(data.class_names)
     deadline = log.start + 60.0 * budget_min
@@ -373,8 +409,9 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
             if spec.choices is not None:
                 values[name] = hp.Choice(name, spec.choices)
             elif spec.is_int:
-                values[name] = hp.Int(name, int(spec.low), int(spec.high), step=int(spec.step) if spec.step else None,
-                                      sampling=sampling)
+                values[name] = hp.Int(
+                    name, int(spec.low), int(spec.high), step=int(spec.step) if spec.step else None, sampling=sampling
+                )
             else:
                 values[name] = hp.Float(name, spec.low, spec.high, step=spec.step, sampling=sampling)
         return apply_values(exp.config, {**sweep_cfg.fixed, **values}, sweep, "keras-tuner trial")
@@ -441,16 +478,26 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
             clock.new_trial()
             cfg = configuration(hp)
             keras.utils.set_random_seed(cfg.seed)
-            model = create_model(cfg.architecture, num_classes=num_classes, image_size=cfg.image_size,
-                                 weights=cfg.weights, dropout=cfg.dropout, cnn_width=cfg.cnn_width,
-                                 cnn_depth=cfg.cnn_depth, cnn_dropout=cfg.cnn_dropout,
-                                 cnn_bn_momentum=cfg.cnn_bn_momentum)
+            model = create_model(
+                cfg.architecture,
+                num_classes=num_classes,
+                image_size=cfg.image_size,
+                weights=cfg.weights,
+                dropout=cfg.dropout,
+                cnn_width=cfg.cnn_width,
+                cnn_depth=cfg.cnn_depth,
+                cnn_dropout=cfg.cnn_dropout,
+                cnn_bn_momentum=cfg.cnn_bn_momentum,
+            )
             # flower-exp's compile: the objective is the streaming macro-F1 of Keras' own
             # validation pass, so it costs what a flower-exp trial's does.
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule_for(cfg).lr(0, 1)),
-                          loss=keras.losses.SparseCategoricalCrossentropy(),
-                          metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(num_classes)],
-                          jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=schedule_for(cfg).lr(0, 1)),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), MacroF1(num_classes)],
+                jit_compile=cfg.jit_compile,
+                steps_per_execution=cfg.steps_per_execution,
+            )
             return model
 
         def fit(self, hp, model, *args, callbacks=(), **kwargs):
@@ -458,25 +505,43 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
             schedule = schedule_for(cfg)
             normalization = normalization_for(cfg.architecture)
             train_files = pipeline.split_files(data.root, "train", cfg.image_size)
-            train = pipeline.make_dataset(data.root, "train", image_size=cfg.image_size,
-                                          batch_size=cfg.batch_size_per_replica, normalization=normalization,
-                                          augment_cfg=cfg.augment, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
-                                          num_classes=num_classes)
-            val = pipeline.make_dataset(data.root, "val", image_size=cfg.image_size,
-                                        batch_size=cfg.batch_size_per_replica, normalization=normalization,
-                                        num_classes=num_classes)
+            train = pipeline.make_dataset(
+                data.root,
+                "train",
+                image_size=cfg.image_size,
+                batch_size=cfg.batch_size_per_replica,
+                normalization=normalization,
+                augment_cfg=cfg.augment,
+                shuffle_buffer=cfg.shuffle_buffer,
+                seed=cfg.seed,
+                num_classes=num_classes,
+            )
+            val = pipeline.make_dataset(
+                data.root,
+                "val",
+                image_size=cfg.image_size,
+                batch_size=cfg.batch_size_per_replica,
+                normalization=normalization,
+                num_classes=num_classes,
+            )
             if kwargs.get("initial_epoch", 0) == 0:
                 # A new configuration; Hyperband's later rounds continue an earlier trial's weights.
                 log.trial_started()
             clock.trial += 1
             lr = keras.callbacks.LearningRateScheduler(lambda e, _lr: schedule.lr(e, 1))
             start = cfg.early_stopping_start_epoch
-            stop = EarlyStop(cfg.early_stopping_patience,
-                             cfg.lr_rampup_epochs + cfg.lr_sustain_epochs if start is None else start)
+            stop = EarlyStop(
+                cfg.early_stopping_patience, cfg.lr_rampup_epochs + cfg.lr_sustain_epochs if start is None else start
+            )
             # The clock last: it times the epoch with every other callback's work included.
-            return model.fit(train, steps_per_epoch=pipeline.steps_per_epoch(train_files.count, cfg.batch_size_per_replica, False),
-                             validation_data=val, callbacks=[lr, stop, *callbacks, clock], shuffle=False,
-                             **{"verbose": 0, **kwargs})
+            return model.fit(
+                train,
+                steps_per_epoch=pipeline.steps_per_epoch(train_files.count, cfg.batch_size_per_replica, False),
+                validation_data=val,
+                callbacks=[lr, stop, *callbacks, clock],
+                shuffle=False,
+                **{"verbose": 0, **kwargs},
+            )
 
     class NoTensorBoard:
         # Keras Tuner imports tensorboard on every trial under the TensorFlow backend only to
@@ -491,8 +556,13 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
         pass
 
     trial_epochs = int(sweep_cfg.fixed.get("epochs", exp.config.epochs))
-    common_args = dict(objective=kt.Objective("val_macro_f1", "max"), seed=seed, directory=str(project / "keras-tuner"),
-                       project_name=kind, overwrite=True)
+    common_args = dict(
+        objective=kt.Objective("val_macro_f1", "max"),
+        seed=seed,
+        directory=str(project / "keras-tuner"),
+        project_name=kind,
+        overwrite=True,
+    )
     if kind == "kt-hyperband":
         tuner = Hyperband(HyperModel(), max_epochs=trial_epochs, hyperband_iterations=TRIALS, **common_args)
     else:
@@ -510,8 +580,9 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
     model = tuner.get_best_models(1)[0]
     export_s = time.time() - start
     cfg = configuration(best_trial.hyperparameters)
-    test = pipeline.make_dataset(data.root, "test", image_size=cfg.image_size, batch_size=TEST_BATCH,
-                                 normalization=normalization_for(cfg.architecture))
+    test = pipeline.make_dataset(
+        data.root, "test", image_size=cfg.image_size, batch_size=TEST_BATCH, normalization=normalization_for(cfg.architecture)
+    )
     ids, probs = [], []
     for images, batch_ids in test:
         ids += [i.decode("utf-8") for i in batch_ids.numpy()]
@@ -519,10 +590,15 @@ def run_keras_tuner(kind: str, config: Path, sweep: Path, seed: int, budget_min:
     labels = read_labels(str(data_dir / "test_labels.csv"), num_classes)
     truth = np.array([labels[i] for i in ids])
     probs = np.concatenate(probs)
-    return {"wall_s": round(wall_s, 2), "stopped_by": stopped_by, "export_s": round(export_s, 2),
-            "test_accuracy": round(float((probs.argmax(axis=1) == truth).mean()), 6),
-            "test_macro_f1": round(macro_f1(probs, truth, num_classes), 6), "test_images": len(ids),
-            "predictor": f"get_best_models(1): trial {best_trial.trial_id}"}
+    return {
+        "wall_s": round(wall_s, 2),
+        "stopped_by": stopped_by,
+        "export_s": round(export_s, 2),
+        "test_accuracy": round(float((probs.argmax(axis=1) == truth).mean()), 6),
+        "test_macro_f1": round(macro_f1(probs, truth, num_classes), 6),
+        "test_images": len(ids),
+        "predictor": f"get_best_models(1): trial {best_trial.trial_id}",
+    }
 
 
 def run_one(method: str, seed: int, budget_min: float, data_dir: Path, work: Path, smoke: bool) -> Path:
@@ -573,9 +649,11 @@ def run_one(method: str, seed: int, budget_min: float, data_dir: Path, work: Pat
         "epoch_log": log.epochs,
     }
     path = common.write_json_atomic(run_path(work, method, seed), result)
-    say(f"{len(log.epochs)} epochs in {log.trials} trials, {outcome['wall_s'] / 60:.1f} min ({outcome['stopped_by']}), "
+    say(
+        f"{len(log.epochs)} epochs in {log.trials} trials, {outcome['wall_s'] / 60:.1f} min ({outcome['stopped_by']}), "
         f"best val F1 {result['best_val_f1']}, test accuracy {outcome['test_accuracy']:.4f}, "
-        f"macro-F1 {outcome['test_macro_f1']:.4f}")
+        f"macro-F1 {outcome['test_macro_f1']:.4f}"
+    )
     return path
 
 
@@ -592,8 +670,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     curves = {m: [best_so_far_at(r["epoch_log"], times) for r in by_method[m]] for m in present}
     seed_sets = [{r["seed"] for r in by_method[m]} for m in METHODS]
     common_seeds = sorted(set.intersection(*seed_sets)) if all(seed_sets) else []
-    s: dict[str, Any] = {"times": times, "by_method": by_method, "present": present, "curves": curves,
-                         "common_seeds": common_seeds, "goal_met": None}
+    s: dict[str, Any] = {
+        "times": times,
+        "by_method": by_method,
+        "present": present,
+        "curves": curves,
+        "common_seeds": common_seeds,
+        "goal_met": None,
+    }
     if len(common_seeds) < MIN_SEEDS:
         return s
 
@@ -611,12 +695,21 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     # From the median end of flower-exp's first trial on: below a rival where it has no score
     # yet or a lower one; a rival without a score yet is beaten.
     compared = [i for i, t in enumerate(times) if t >= start]
-    below = {m: sum(1 for i in compared if not math.isnan(c[i]) and (math.isnan(ours[i]) or ours[i] < c[i]))
-             for m, c in theirs.items()}
+    below = {
+        m: sum(1 for i in compared if not math.isnan(c[i]) and (math.isnan(ours[i]) or ours[i] < c[i])) for m, c in theirs.items()
+    }
     accuracy_ok = med_acc[FLOWER_EXP] >= med_acc[rival] + GOAL_MARGIN
     curve_ok = not any(below.values())
-    s.update(med_acc=med_acc, rival=rival, curve_start_s=start, compared=len(compared), below=below,
-             accuracy_ok=accuracy_ok, curve_ok=curve_ok, goal_met=bool(accuracy_ok and curve_ok))
+    s.update(
+        med_acc=med_acc,
+        rival=rival,
+        curve_start_s=start,
+        compared=len(compared),
+        below=below,
+        accuracy_ok=accuracy_ok,
+        curve_ok=curve_ok,
+        goal_met=bool(accuracy_ok and curve_ok),
+    )
     return s
 
 
@@ -650,19 +743,33 @@ def table(s: dict[str, Any]) -> str:
     rows = []
     for m in s["present"]:
         runs = s["by_method"][m]
-        rows.append([
-            METHODS[m],
-            ", ".join(str(r["seed"]) for r in runs),
-            _cell([r["test_accuracy"] for r in runs], ".4f"),
-            _cell([r["test_macro_f1"] for r in runs], ".4f"),
-            _cell([r["best_val_f1"] for r in runs], ".4f"),
-            _cell([r["epochs"] for r in runs], "g"),
-            _cell([r["trials"] for r in runs], "g"),
-            _cell([r["wall_s"] / 60 for r in runs], ".1f"),
-            _cell([r["export_s"] for r in runs], ".0f"),
-        ])
-    return common.md_table(["method", "seeds", "test accuracy", "test macro-F1", "best val macro-F1", "epochs trained",
-                            "trials", "search minutes", "export seconds"], rows)
+        rows.append(
+            [
+                METHODS[m],
+                ", ".join(str(r["seed"]) for r in runs),
+                _cell([r["test_accuracy"] for r in runs], ".4f"),
+                _cell([r["test_macro_f1"] for r in runs], ".4f"),
+                _cell([r["best_val_f1"] for r in runs], ".4f"),
+                _cell([r["epochs"] for r in runs], "g"),
+                _cell([r["trials"] for r in runs], "g"),
+                _cell([r["wall_s"] / 60 for r in runs], ".1f"),
+                _cell([r["export_s"] for r in runs], ".0f"),
+            ]
+        )
+    return common.md_table(
+        [
+            "method",
+            "seeds",
+            "test accuracy",
+            "test macro-F1",
+            "best val macro-F1",
+            "epochs trained",
+            "trials",
+            "search minutes",
+            "export seconds",
+        ],
+        rows,
+    )
 
 
 def plot(s: dict[str, Any], budget_min: float, path: Path) -> None:
@@ -730,17 +837,31 @@ def report(args, budget_min: float) -> Path | None:
     if s["goal_met"] is None:
         so_far = "; ".join(
             f"{METHODS[m]} {common.median(r['test_accuracy'] for r in s['by_method'][m]):.4f} "
-            f"({len(s['by_method'][m])} seed{'s' if len(s['by_method'][m]) > 1 else ''})" for m in s["present"])
-        measured = (f"{len(runs)} (method, seed) pairs done ({done} of the {wanted} planned); the goal is judged once "
-                    f"every method has {MIN_SEEDS} seeds. Test accuracy so far (median): {so_far}")
+            f"({len(s['by_method'][m])} seed{'s' if len(s['by_method'][m]) > 1 else ''})"
+            for m in s["present"]
+        )
+        measured = (
+            f"{len(runs)} (method, seed) pairs done ({done} of the {wanted} planned); the goal is judged once "
+            f"every method has {MIN_SEEDS} seeds. Test accuracy so far (median): {so_far}"
+        )
     else:
-        measured = (f"test accuracy {s['med_acc'][FLOWER_EXP]:.4f} (flower-exp default) vs {s['med_acc'][s['rival']]:.4f} "
-                    f"({METHODS[s['rival']]}, best other), median of {len(s['common_seeds'])} seeds at "
-                    f"{budget_min:g} min each; anytime curve at or above all others after its first trial: "
-                    f"{'yes' if s['curve_ok'] else 'no'}")
+        measured = (
+            f"test accuracy {s['med_acc'][FLOWER_EXP]:.4f} (flower-exp default) vs {s['med_acc'][s['rival']]:.4f} "
+            f"({METHODS[s['rival']]}, best other), median of {len(s['common_seeds'])} seeds at "
+            f"{budget_min:g} min each; anytime curve at or above all others after its first trial: "
+            f"{'yes' if s['curve_ok'] else 'no'}"
+        )
     result = common.write_result(
-        args.out, name=NAME, title=TITLE, goal=GOAL, goal_met=None if args.smoke else s["goal_met"], measured=measured,
-        command=continue_command(args, budget_min), smoke=args.smoke, table_md=table(s), plots=[rel],
+        args.out,
+        name=NAME,
+        title=TITLE,
+        goal=GOAL,
+        goal_met=None if args.smoke else s["goal_met"],
+        measured=measured,
+        command=continue_command(args, budget_min),
+        smoke=args.smoke,
+        table_md=table(s),
+        plots=[rel],
         notes_md="\n\n".join(notes(s, runs, budget_min, args, done, wanted)),
     )
     print(measured)
@@ -787,24 +908,32 @@ def notes(s: dict[str, Any], runs: list[dict[str, Any]], budget_min: float, args
         out.append("Sittings (from `" + SITTINGS_FILE + "`):\n\n" + log.read_text(encoding="utf-8").strip())
     split = split_seeds(runs)
     if split:
-        out.append("**Some seeds' pairs ran in different sittings** (" + "; ".join(split) + "): the same machine type "
-                   "ran at different speeds on different days (seen: one epoch of the same configuration took 35 s "
-                   "one day and 44 s another), so a seed's methods only compare within one sitting; rerun those "
-                   "seeds' pairs together.")
+        out.append(
+            "**Some seeds' pairs ran in different sittings** (" + "; ".join(split) + "): the same machine type "
+            "ran at different speeds on different days (seen: one epoch of the same configuration took 35 s "
+            "one day and 44 s another), so a seed's methods only compare within one sitting; rerun those "
+            "seeds' pairs together."
+        )
     if s["goal_met"] is None:
-        out.append(f"Incomplete: {done} of {wanted} planned (method, seed) pairs are done ({len(runs)} result files in "
-                   f"the work dir); the goal needs {MIN_SEEDS} seeds of every method. Continue with "
-                   f"`{continue_command(args, budget_min)}` (it skips the finished pairs).")
+        out.append(
+            f"Incomplete: {done} of {wanted} planned (method, seed) pairs are done ({len(runs)} result files in "
+            f"the work dir); the goal needs {MIN_SEEDS} seeds of every method. Continue with "
+            f"`{continue_command(args, budget_min)}` (it skips the finished pairs)."
+        )
     else:
-        verdict = (f"Goal {'met' if s['goal_met'] else 'missed'}: flower-exp's median test accuracy is "
-                   f"{s['med_acc'][FLOWER_EXP] - s['med_acc'][s['rival']]:+.4f} against the best other method "
-                   f"({METHODS[s['rival']]}; needed {GOAL_MARGIN:+.2f}). From the median end of its first trial "
-                   f"({s['curve_start_s'] / 60:.1f} min) its median curve is below ")
+        verdict = (
+            f"Goal {'met' if s['goal_met'] else 'missed'}: flower-exp's median test accuracy is "
+            f"{s['med_acc'][FLOWER_EXP] - s['med_acc'][s['rival']]:+.4f} against the best other method "
+            f"({METHODS[s['rival']]}; needed {GOAL_MARGIN:+.2f}). From the median end of its first trial "
+            f"({s['curve_start_s'] / 60:.1f} min) its median curve is below "
+        )
         below = [f"{METHODS[m]} at {n} of {s['compared']} time points" for m, n in s["below"].items() if n]
         out.append(verdict + ("; ".join(below) if below else "no other method's") + ".")
         if not s["goal_met"]:
-            out.append("The sweep defaults were not tuned to these photos to close the gap: flowers5 is one real-photo "
-                       "task among many, and a default that only helps here is not an improvement.")
+            out.append(
+                "The sweep defaults were not tuned to these photos to close the gap: flowers5 is one real-photo "
+                "task among many, and a default that only helps here is not an improvement."
+            )
     return out
 
 
@@ -814,16 +943,30 @@ def notes(s: dict[str, Any], runs: list[dict[str, Any]], budget_min: float, args
 def parse(argv=None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=os.environ.get(DATA_ENV) or None,
-                        help=f"the flowers5 folder (tfrecords-jpeg-SxS layout; default ${DATA_ENV})")
-    parser.add_argument("--budget-min", type=float,
-                        help=f"wall-clock minutes per method and seed (default: the work dir's runs', else {DEFAULT_BUDGET_MIN:g})")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=os.environ.get(DATA_ENV) or None,
+        help=f"the flowers5 folder (tfrecords-jpeg-SxS layout; default ${DATA_ENV})",
+    )
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        help=f"wall-clock minutes per method and seed (default: the work dir's runs', else {DEFAULT_BUDGET_MIN:g})",
+    )
     parser.add_argument("--seeds", help=f"comma-separated seeds (default {','.join(map(str, DEFAULT_SEEDS))})")
     parser.add_argument("--methods", help=f"comma-separated methods (default all: {','.join(METHODS)})")
-    parser.add_argument("--work", type=Path, help="folder of per-run results (runs/) and run projects (projects/) "
-                                                  "(default benchmarks/results/search-runs; with --smoke a temporary folder)")
-    parser.add_argument("--out", type=Path, help="folder for search.json and search.png (default benchmarks/results; "
-                                                 "with --smoke a temporary folder)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="folder of per-run results (runs/) and run projects (projects/) "
+        "(default benchmarks/results/search-runs; with --smoke a temporary folder)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for search.json and search.png (default benchmarks/results; with --smoke a temporary folder)",
+    )
     parser.add_argument("--report-only", action="store_true", help="aggregate the finished runs, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="list the (method, seed) pairs still to run, run nothing")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run on tiny generated data (tests, CI)")
@@ -871,8 +1014,17 @@ def main(argv=None) -> int:
     failed = []
     for i, (method, seed) in enumerate(todo, 1):
         common.log(f"[{i}/{len(todo)}] {METHODS[method]}, seed {seed}, {budget_min:g} min")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--run-one", f"{method}:{seed}", "--budget-min",
-               str(budget_min), "--work", str(args.work), *(["--smoke"] if args.smoke else ["--data", str(data_dir)])]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--run-one",
+            f"{method}:{seed}",
+            "--budget-min",
+            str(budget_min),
+            "--work",
+            str(args.work),
+            *(["--smoke"] if args.smoke else ["--data", str(data_dir)]),
+        ]
         if subprocess.run(cmd, cwd=common.REPO_ROOT).returncode != 0:
             failed.append(f"{method} seed {seed}")
             common.log(f"{method} seed {seed}: failed; the other pairs go on, rerun to retry it")

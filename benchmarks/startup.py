@@ -43,8 +43,7 @@ def make_project(folder: Path, trials: int) -> None:
     url = default_storage_url(folder / "experiments.yaml")
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="demo-demo", storage=open_storage(url, HeartbeatConfig()),
-                                direction="maximize")
+    study = optuna.create_study(study_name="demo-demo", storage=open_storage(url, HeartbeatConfig()), direction="maximize")
     study.optimize(lambda t: t.suggest_float("lr_max", 1e-4, 1e-2, log=True) * 10, n_trials=trials)
 
 
@@ -59,15 +58,16 @@ def wall_time(argv: list[str], cwd: Path, env: dict) -> float:
 
 def heavy_imports(argv: list[str], cwd: Path, env: dict) -> tuple[list[str], list[tuple[float, str]]]:
     """(TensorFlow/Keras modules imported, the 5 slowest top-level imports as (ms, name))."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} under -X importtime exited {proc.returncode}: {proc.stderr[-500:]}")
     heavy, top = [], []
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
             continue
-        parts = line[len("import time:"):].split("|")
+        parts = line[len("import time:") :].split("|")
         name = parts[2]
         module = name.strip()
         if module.split(".")[0] in HEAVY:
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
             wall_time(cmd, folder, env)
         names = list(commands)
         for r in range(repeats):
-            for name in names[r % 3:] + names[: r % 3]:
+            for name in names[r % 3 :] + names[: r % 3]:
                 times[name].append(wall_time(commands[name], folder, env))
         log("timed " + ", ".join(f"{n} {median(t):.3f} s" for n, t in times.items()))
         imports = {name: heavy_imports(cmd, folder, env) for name, cmd in commands.items() if name != "python -c pass"}
@@ -106,17 +106,26 @@ def main(argv=None) -> None:
     rows = []
     for name, ts in times.items():
         heavy = imports.get(name, ([], []))[0]
-        rows.append([f"`{name}`", f"{median(ts):.3f} s", f"{min(ts):.3f}–{max(ts):.3f} s",
-                     f"{median(ts) / base:.1f}x", "—" if name not in imports else ("**yes**" if heavy else "no")])
-    table = md_table(["command", "wall time (median)", "range", "vs python -c pass", "imports TensorFlow/Keras"],
-                     rows)
+        rows.append(
+            [
+                f"`{name}`",
+                f"{median(ts):.3f} s",
+                f"{min(ts):.3f}–{max(ts):.3f} s",
+                f"{median(ts) / base:.1f}x",
+                "—" if name not in imports else ("**yes**" if heavy else "no"),
+            ]
+        )
+    table = md_table(["command", "wall time (median)", "range", "vs python -c pass", "imports TensorFlow/Keras"], rows)
     for name, (_heavy, top) in imports.items():
         table += f"\n\nSlowest top-level imports of `{name}` (`-X importtime`, cumulative): " + ", ".join(
-            f"{module} {ms:.0f} ms" for ms, module in top)
+            f"{module} {ms:.0f} ms" for ms, module in top
+        )
     tf_free = not any(heavy for heavy, _ in imports.values())
-    measured = (f"--help {median(times['flower-exp --help']):.2f} s, status {median(times['flower-exp status']):.2f} s "
-                f"vs python -c pass {base:.3f} s (median of {repeats}); TensorFlow imported: "
-                f"{'no' if tf_free else 'YES'}")
+    measured = (
+        f"--help {median(times['flower-exp --help']):.2f} s, status {median(times['flower-exp status']):.2f} s "
+        f"vs python -c pass {base:.3f} s (median of {repeats}); TensorFlow imported: "
+        f"{'no' if tf_free else 'YES'}"
+    )
     notes = (
         "Method: each command is a fresh process started with `subprocess.run` from this benchmark "
         f"(`.venv/bin/flower-exp`), the three commands in rotating order, {repeats} times each after one "

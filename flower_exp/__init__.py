@@ -37,8 +37,14 @@ def sweep(*, log=print, on_event=None, **options):
     return run_sweep(SweepOptions(**options), log=log, on_event=on_event)
 
 
-def train(experiment: str | None = None, *, set: list[str] | None = None, config: str | None = None,
-          budget_min: float | None = None, **kwargs):
+def train(
+    experiment: str | None = None,
+    *,
+    set: list[str] | None = None,
+    config: str | None = None,
+    budget_min: float | None = None,
+    **kwargs,
+):
     """Train one model from Python; ``set`` takes ``key=value`` overrides like ``--set``;
     ``budget_min`` ends training in time for the run to be over after that many minutes."""
     from .budget import Deadline, check_minutes

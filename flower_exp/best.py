@@ -101,8 +101,13 @@ def select_runs(
     runs = tracker.search_runs(query, order_by=[f"metrics.`{key}` DESC"], max_results=500)
     # A run the budget stopped kept its best epoch like a finished one; pruned runs lost to
     # others. (MLflow's filter language has no IN for tags, hence the state test here.)
-    runs = [r for r in runs if r.data.tags.get(TAG_KIND) in ("train", "trial") and key in r.data.metrics
-            and r.data.tags.get(TAG_STATE) in ("finished", "stopped")]
+    runs = [
+        r
+        for r in runs
+        if r.data.tags.get(TAG_KIND) in ("train", "trial")
+        and key in r.data.metrics
+        and r.data.tags.get(TAG_STATE) in ("finished", "stopped")
+    ]
     if not runs:
         where = f"study {study!r}" if study else f"experiment {tracker.experiment!r}"
         raise FlowerExpError(f"no finished runs with metric {key} in {where}; run flower-exp sweep or train first")
@@ -142,7 +147,9 @@ def run_best(options: BestOptions, *, log: Callable[[str], None] = print) -> Bes
     if options.study is not None:
         check_study_name(options.study)
     if options.export is not None and Path(options.export).exists() and not Path(options.export).is_dir():
-        raise FlowerExpError(f"{options.export}: exists and is not a folder; remove it or choose another path")  # even with --force
+        raise FlowerExpError(
+            f"{options.export}: exists and is not a folder; remove it or choose another path"
+        )  # even with --force
     if options.export is not None and Path(options.export).exists() and not options.force:
         # Checked up front: refusing after minutes of refitting would waste them.
         raise FlowerExpError(f"{options.export}: already exists; pass --force to replace it")
@@ -219,9 +226,20 @@ def run_best(options: BestOptions, *, log: Callable[[str], None] = print) -> Bes
                     model_runs = dict(refit_runs)
                 if options.export is not None:
                     export_dir = _export(
-                        tracker, options.export, chosen, model_runs, by_id, report, exp, options.study, options.method,
-                        ensemble_run, tmp,
-                        force=options.force, register=options.register, tracking_uri=target.uri,
+                        tracker,
+                        options.export,
+                        chosen,
+                        model_runs,
+                        by_id,
+                        report,
+                        exp,
+                        options.study,
+                        options.method,
+                        ensemble_run,
+                        tmp,
+                        force=options.force,
+                        register=options.register,
+                        tracking_uri=target.uri,
                     )
                     log(f"exported to {export_dir}")
     return BestResult(
@@ -290,13 +308,21 @@ def _member_experiment(tracker, run_id: str, exp, tmp: str):
     data = read_yaml(Path(path))
     for key in ("data_dir", "classes"):
         data.pop(key, None)
-    data.update(data_dir=exp.config.data_dir, generate=exp.config.generate, classes=exp.config.classes,
-                classes_file=exp.config.classes_file, extra_data=exp.config.extra_data, cache_dir=exp.config.cache_dir)
+    data.update(
+        data_dir=exp.config.data_dir,
+        generate=exp.config.generate,
+        classes=exp.config.classes,
+        classes_file=exp.config.classes_file,
+        extra_data=exp.config.extra_data,
+        cache_dir=exp.config.cache_dir,
+    )
     cfg = ExperimentConfig.model_validate(data)
     return resolve(cfg, Path(exp.config_path), os.environ)
 
 
-def _export(tracker, out, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp, *, force, register, tracking_uri):
+def _export(
+    tracker, out, chosen, model_runs, by_id, report, exp, study, method, ensemble_run, tmp, *, force, register, tracking_uri
+):
     from .export import ExportMember, write_export
     from .models import normalization_for
 
@@ -329,5 +355,12 @@ def _export(tracker, out, chosen, model_runs, by_id, report, exp, study, method,
             "ensemble_wins": report.ensemble_wins,
         },
     }
-    return write_export(out, members=members, class_names=_class_names(exp), info=info, force=force,
-                        register_name=register, tracking_uri=tracking_uri)
+    return write_export(
+        out,
+        members=members,
+        class_names=_class_names(exp),
+        info=info,
+        force=force,
+        register_name=register,
+        tracking_uri=tracking_uri,
+    )

@@ -23,7 +23,9 @@ def parse_minutes(text: str, option: str = "--budget") -> float:
     """``"90s"``, ``"30m"``, ``"1.5h"`` or a plain number of minutes, as minutes (> 0)."""
     match = _DURATION.match(str(text))
     if not match:
-        raise FlowerExpError(f"{option} {text!r}: not a duration; allowed: a number with s, m or h (e.g. 90s, 30m, 1.5h; plain numbers are minutes)")
+        raise FlowerExpError(
+            f"{option} {text!r}: not a duration; allowed: a number with s, m or h (e.g. 90s, 30m, 1.5h; plain numbers are minutes)"
+        )
     value = float(match.group(1)) * _UNITS[(match.group(2) or "m").lower()] / 60.0
     if not math.isfinite(value) or value <= 0:
         raise FlowerExpError(f"{option} {text!r}: must be more than 0")

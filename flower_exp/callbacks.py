@@ -210,7 +210,9 @@ class Logger(callback_base()):
         self.tracker.log_metrics(self.run_id, {k: row[k] for k in EPOCH_METRICS if k in row}, step=epoch + 1)
         scores = f"loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.3f}  "
         if "val_macro_f1" in row:
-            scores += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  val_macro_f1 {row['val_macro_f1']:.4f}  "
+            scores += (
+                f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.3f}  val_macro_f1 {row['val_macro_f1']:.4f}  "
+            )
         self.say(
             f"epoch {epoch + 1}/{self.epochs}  {scores}lr {row['lr']:.2e}  "
             f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"

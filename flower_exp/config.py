@@ -85,9 +85,7 @@ class AugmentConfig(_Strict):
         "[crop_scale, 1] of the image side, then resize back. 1.0 disables it.",
     )
     brightness: float = Field(0.1, ge=0.0, le=1.0, description="Max random brightness delta (0-1 scale); 0 disables.")
-    contrast: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Max relative random contrast change; 0 disables."
-    )
+    contrast: float = Field(0.1, ge=0.0, lt=1.0, description="Max relative random contrast change; 0 disables.")
     runs_on: Literal["auto", "host", "device"] = Field(
         "auto",
         description="Where augmentation and normalisation run: 'host' in the tf.data pipeline on the CPU; "
@@ -139,22 +137,24 @@ class ExperimentConfig(_Strict):
         description=f"Root of the competition layout: a local folder (relative to the config file) or a gs:// URL. "
         f"Unset: ${DATA_DIR_ENV}.",
     )
-    generate: DemoSpec | None = Field(
-        None, description="If set, data_dir holds a generated demo dataset, created on first use."
-    )
+    generate: DemoSpec | None = Field(None, description="If set, data_dir holds a generated demo dataset, created on first use.")
     classes: list[str] | None = Field(None, description="Class names, in label order.")
     classes_file: str | None = Field(
         None,
         description="File of class names, one per line (relative to the config file), or "
         f"{', '.join(BUILTIN_PREFIX + k for k in BUILTIN_CLASSES)}. Default: <data_dir>/classes.txt.",
     )
-    image_size: PositiveInt = Field(331, description="Square input size; read from tfrecords-jpeg-SxS or resized from the nearest larger size.")
+    image_size: PositiveInt = Field(
+        331, description="Square input size; read from tfrecords-jpeg-SxS or resized from the nearest larger size."
+    )
     batch_size_per_replica: PositiveInt = Field(16, description="Batch size per accelerator replica (global = this x replicas).")
     shuffle_buffer: PositiveInt = Field(2048, description="Shuffle buffer of the training pipeline, in records.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
     extra_data: list[ExtraData] = Field([], description="Extra training sources; refused if they leak into val/test.")
     leakage: LeakageConfig = Field(default_factory=LeakageConfig, description="Leakage guard settings.")
-    cache_dir: str = Field("mlruns/cache", description="Where derived data (image hashes) is cached, relative to the config file.")
+    cache_dir: str = Field(
+        "mlruns/cache", description="Where derived data (image hashes) is cached, relative to the config file."
+    )
     seed: int = Field(42, description="Seed for shuffling, augmentation and initialisation.")
 
     # --- one training run (what a sweep varies) ---
@@ -204,7 +204,9 @@ class ExperimentConfig(_Strict):
         "inference statistics in far fewer steps than Keras' 0.99).",
     )
     lr_min: float = Field(1e-4, gt=0, description="LR schedule: floor of the exponential decay (and default ramp start).")
-    lr_max: float = Field(8e-4, gt=0, description="LR schedule: peak, held for lr_sustain_epochs (x replicas unless lr_scale_by_replicas is off).")
+    lr_max: float = Field(
+        8e-4, gt=0, description="LR schedule: peak, held for lr_sustain_epochs (x replicas unless lr_scale_by_replicas is off)."
+    )
     lr_start: float | None = Field(None, gt=0, description="LR schedule: first ramp-up value (unset: lr_min).")
     lr_rampup_epochs: int = Field(4, ge=0, description="LR schedule: epochs of linear ramp-up to lr_max.")
     lr_sustain_epochs: int = Field(6, ge=0, description="LR schedule: epochs held at lr_max.")
@@ -212,10 +214,14 @@ class ExperimentConfig(_Strict):
     lr_scale_by_replicas: bool = Field(True, description="Multiply lr_max by the number of replicas (TPU notebooks do).")
     lr_random_rampup: bool = Field(False, description="The seed's variant: random()*lr_min during ramp-up (seeded).")
     strategy: str = Field("auto", description="auto (TPU, else several GPUs, else default), tpu, mirrored, gpu or cpu.")
-    mixed_precision: str = Field("auto", description="auto (bfloat16 on TPU, float16 on GPU, off on CPU), off, float16, bfloat16.")
+    mixed_precision: str = Field(
+        "auto", description="auto (bfloat16 on TPU, float16 on GPU, off on CPU), off, float16, bfloat16."
+    )
     jit_compile: bool = Field(False, description="XLA-compile the train step.")
     steps_per_execution: PositiveInt = Field(1, description="Batches per compiled call (raise on TPU, e.g. 16-32).")
-    memory_check: bool = Field(True, description="Refuse a configuration whose estimated training memory is over twice what the device has.")
+    memory_check: bool = Field(
+        True, description="Refuse a configuration whose estimated training memory is over twice what the device has."
+    )
 
     @field_validator("architecture")
     @classmethod
@@ -291,8 +297,10 @@ def backbone_conflict(key: str, value: Any, architecture: str) -> str | None:
     off = BACKBONE_SETTINGS.get(key)
     if key not in BACKBONE_SETTINGS or value == off or architecture not in list_models() or get_spec(architecture).has_backbone:
         return None
-    return (f"{_shown(value)} needs an architecture with a backbone and {architecture} has none; allowed with "
-            f"{architecture}: {off} (with a backbone: densenet*, efficientnet*)")
+    return (
+        f"{_shown(value)} needs an architecture with a backbone and {architecture} has none; allowed with "
+        f"{architecture}: {off} (with a backbone: densenet*, efficientnet*)"
+    )
 
 
 def check_backbone_settings(exp: ResolvedExperiment) -> None:
@@ -731,9 +739,7 @@ def load_file(path: str | os.PathLike | None = None) -> tuple[Path, ExperimentsF
     return config_path, parsed
 
 
-def experiment_settings(
-    name: str | None = None, config: str | os.PathLike | None = None
-) -> tuple[Path, str, ExperimentConfig]:
+def experiment_settings(name: str | None = None, config: str | os.PathLike | None = None) -> tuple[Path, str, ExperimentConfig]:
     """The config file, name and settings of experiment ``name`` (the file's ``default`` when
     None) as written, without resolving its data (for commands that need a setting, not the data)."""
     config_path, parsed = load_file(config)
@@ -744,9 +750,7 @@ def experiment_settings(
                 f"{config_path}: default: {name!r} is not an experiment; allowed: {', '.join(parsed.experiments) or '(none defined)'}"
             )
     if name not in parsed.experiments:
-        raise ConfigError(
-            f"{config_path}: experiments.{name}: unknown experiment; allowed: {', '.join(parsed.experiments)}"
-        )
+        raise ConfigError(f"{config_path}: experiments.{name}: unknown experiment; allowed: {', '.join(parsed.experiments)}")
     return config_path, name, parsed.experiments[name]
 
 
@@ -790,9 +794,7 @@ def _override_key(item: str) -> str:
     return item.partition("=")[0].strip()
 
 
-def apply_overrides(
-    exp: ExperimentConfig, overrides: list[str], config_path: Path | str, prefix: str = ""
-) -> ExperimentConfig:
+def apply_overrides(exp: ExperimentConfig, overrides: list[str], config_path: Path | str, prefix: str = "") -> ExperimentConfig:
     """Return ``exp`` with ``key=value`` overrides applied and re-validated."""
     data = exp.model_dump()
     for item in overrides:
@@ -829,7 +831,9 @@ def resolve(exp: ExperimentConfig, config_path: Path, env: Any) -> ResolvedExper
     where = f"{config_path}: experiments.{exp.name}"
     raw_dir = exp.data_dir or env.get(DATA_DIR_ENV)
     if not raw_dir:
-        raise ConfigError(f"{where}.data_dir: not set; set data_dir in the file or export {DATA_DIR_ENV}=<local folder or gs:// URL>")
+        raise ConfigError(
+            f"{where}.data_dir: not set; set data_dir in the file or export {DATA_DIR_ENV}=<local folder or gs:// URL>"
+        )
     data_dir = _abs(raw_dir, base)
     if exp.generate is None and not _is_url(data_dir) and not Path(data_dir).is_dir():
         raise ConfigError(
@@ -886,7 +890,11 @@ def format_validation_error(
         message = "required key is missing"
     else:
         message = err["msg"]
-        if err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], (dict, list)):
+        if (
+            err["type"] not in ("value_error", "assertion_error")
+            and "input" in err
+            and not isinstance(err["input"], (dict, list))
+        ):
             message += f" (got {err['input']!r})"
         message = message.removeprefix("Value error, ")
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -930,7 +938,9 @@ def writable_config(config: str | os.PathLike | None) -> Path:
         what = f"a symlink to {os.readlink(path)} that cannot be followed" if path.is_symlink() else "not a file"
         raise ConfigError(f"{path}: {what}; fix it, remove it, or pass --config PATH")
     if _is_packaged(path):
-        raise ConfigError(f"{path}: the packaged experiments.yaml is never edited; run from your project folder or pass --config PATH")
+        raise ConfigError(
+            f"{path}: the packaged experiments.yaml is never edited; run from your project folder or pass --config PATH"
+        )
     return path.absolute()
 
 
@@ -1123,8 +1133,10 @@ def _class_names(exp: ExperimentConfig, base: Path, data_dir: str, where: str) -
     if exp.classes_file and exp.classes_file.startswith(BUILTIN_PREFIX):
         name = exp.classes_file[len(BUILTIN_PREFIX) :]
         if name not in BUILTIN_CLASSES:
-            raise ConfigError(f"{where}.classes_file: unknown builtin {exp.classes_file!r}; allowed: "
-                              f"{', '.join(BUILTIN_PREFIX + k for k in BUILTIN_CLASSES)}")
+            raise ConfigError(
+                f"{where}.classes_file: unknown builtin {exp.classes_file!r}; allowed: "
+                f"{', '.join(BUILTIN_PREFIX + k for k in BUILTIN_CLASSES)}"
+            )
         return builtin_classes(name)
     if exp.classes_file:
         path = Path(_abs(exp.classes_file, base))

@@ -114,8 +114,9 @@ def _validated(member: MemberProbs, where: str) -> MemberProbs:
         raise FlowerExpError(f"{where}: id {values[counts > 1][0]!r} appears more than once; ids must be unique")
     classes = probs.shape[1]
     if labels.min() < 0 or labels.max() >= classes:
-        raise FlowerExpError(f"{where}: labels must lie in 0..{classes - 1} (probs has {classes} classes), "
-                             f"found {labels.min()}..{labels.max()}")
+        raise FlowerExpError(
+            f"{where}: labels must lie in 0..{classes - 1} (probs has {classes} classes), found {labels.min()}..{labels.max()}"
+        )
     probs = probs.astype(np.float32, copy=False)
     if not np.isfinite(probs).all() or (probs < 0).any():
         raise FlowerExpError(f"{where}: probs must be finite and non-negative (softmax probabilities)")
@@ -196,8 +197,10 @@ def combine(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
     stack = np.asarray(stack)
     weights = np.asarray(weights, dtype=np.float64)
     if stack.ndim != 3 or weights.shape != (stack.shape[0],):
-        raise FlowerExpError(f"{weights.shape[0] if weights.ndim == 1 else weights.shape} weights "
-                             f"for a stack of shape {stack.shape}; need one weight per member")
+        raise FlowerExpError(
+            f"{weights.shape[0] if weights.ndim == 1 else weights.shape} weights "
+            f"for a stack of shape {stack.shape}; need one weight per member"
+        )
     if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
         raise FlowerExpError(f"ensemble weights must be finite, non-negative and not all zero, got {weights.tolist()}")
     weights = (weights / weights.sum()).astype(stack.dtype if stack.dtype.kind == "f" else np.float64)
@@ -221,8 +224,10 @@ def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
         first.append(members[:cut])
         second.append(members[cut:])
     empty = np.empty(0, dtype=np.int64)
-    return (np.sort(np.concatenate(first or [empty])).astype(np.int64),
-            np.sort(np.concatenate(second or [empty])).astype(np.int64))
+    return (
+        np.sort(np.concatenate(first or [empty])).astype(np.int64),
+        np.sort(np.concatenate(second or [empty])).astype(np.int64),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,9 +327,7 @@ def _fit_optuna(scorer: _Scorer, trials: int, seed: int, study_name: str) -> tup
         return scorer.score(weights)
 
     with _quiet_optuna():
-        study = optuna.create_study(
-            study_name=study_name, direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed)
-        )
+        study = optuna.create_study(study_name=study_name, direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
         study.enqueue_trial({name: 1.0 for name in names})
         for i in range(members):
             study.enqueue_trial({name: float(j == i) for j, name in enumerate(names)})
@@ -436,27 +439,41 @@ def evaluate(
     held_out: dict[str, list[float]] = {name: [] for name in names}
     for phase, offset, fit, hold in (("half_a", 0, half_a, half_b), ("half_b", 1, half_b, half_a)):
         weights, records = fit_weights(
-            stack, labels, fit, method=method, trials=trials, seed=seed + offset,
-            num_classes=classes, study_name=f"{study_name}-{phase}",
+            stack,
+            labels,
+            fit,
+            method=method,
+            trials=trials,
+            seed=seed + offset,
+            num_classes=classes,
+            study_name=f"{study_name}-{phase}",
         )
         search += [{"phase": phase, **record} for record in records]
         on_fit, on_hold = member_scores(fit), member_scores(hold)
         for name, score in zip(names, on_hold):
             held_out[name].append(score)
         best = int(np.argmax(on_fit))  # chosen on the fit half, like the weights
-        halves.append({
-            "phase": phase,
-            "fit_size": int(len(fit)),
-            "holdout_size": int(len(hold)),
-            "weights": [float(w) for w in weights],
-            "ensemble_score": macro_f1(combine(stack[:, hold], weights), labels[hold], classes),
-            "best_single_name": names[best],
-            "best_single_score": on_hold[best],
-        })
+        halves.append(
+            {
+                "phase": phase,
+                "fit_size": int(len(fit)),
+                "holdout_size": int(len(hold)),
+                "weights": [float(w) for w in weights],
+                "ensemble_score": macro_f1(combine(stack[:, hold], weights), labels[hold], classes),
+                "best_single_name": names[best],
+                "best_single_score": on_hold[best],
+            }
+        )
     everything = np.arange(len(ids))
     weights, records = fit_weights(
-        stack, labels, everything, method=method, trials=trials, seed=seed + 2,
-        num_classes=classes, study_name=f"{study_name}-final",
+        stack,
+        labels,
+        everything,
+        method=method,
+        trials=trials,
+        seed=seed + 2,
+        num_classes=classes,
+        study_name=f"{study_name}-final",
     )
     search += [{"phase": "final", **record} for record in records]
     on_all = member_scores(everything)
@@ -499,8 +516,9 @@ def confusion_png(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
     probs, labels = np.asarray(probs), np.asarray(labels).astype(np.int64)
     n = len(class_names)
     if probs.ndim != 2 or probs.shape[1] != n or len(labels) != probs.shape[0]:
-        raise FlowerExpError(f"confusion matrix: {n} class names for probabilities of shape {probs.shape} "
-                             f"and {len(labels)} labels")
+        raise FlowerExpError(
+            f"confusion matrix: {n} class names for probabilities of shape {probs.shape} and {len(labels)} labels"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= n):
         raise FlowerExpError(f"confusion matrix: labels must lie in 0..{n - 1}")
     predicted = probs.argmax(axis=1)
@@ -522,8 +540,9 @@ def confusion_png(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
     ax.set_title(title, fontsize=10 if n <= 20 else 12)
     if n <= 20:
         for i, j in zip(*np.nonzero(matrix)):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black"
+            )
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, shrink=0.6, label="fraction of the true class")
     fig.tight_layout()
 

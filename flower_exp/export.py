@@ -42,6 +42,7 @@ from .export_format import (
     load_export,
     load_export_document,
 )
+
 # Exports written before export_pyfunc existed run `from flower_exp.export import EnsemblePyfunc`
 # in their ensemble_pyfunc.py: this import keeps them loading.
 from .export_pyfunc import EnsemblePyfunc  # noqa: F401
@@ -140,7 +141,9 @@ def _document(members: list[ExportMember], class_names: list[str], info: dict, w
         raise FlowerExpError(f"info key(s) {sorted(reserved)} are written by flower-exp itself")
     unknown = sorted(set(info) - set(INFO_KEYS))
     if unknown:
-        raise FlowerExpError(f"info key(s) {unknown} are not part of ensemble.json format {FORMAT_VERSION}; known: {', '.join(INFO_KEYS)}")
+        raise FlowerExpError(
+            f"info key(s) {unknown} are not part of ensemble.json format {FORMAT_VERSION}; known: {', '.join(INFO_KEYS)}"
+        )
     from .models import list_models, normalization_for
 
     for m in members:
@@ -390,9 +393,7 @@ def register_export(export_dir: str, name: str, *, tracking_uri: str | None = No
                     "weights": ",".join(f"{m['weight']:.6f}" for m in doc["members"]),
                 },
             )
-            logged = client.create_logged_model(
-                tracker.experiment_id, name=name, source_run_id=run_id, tags={TAG_KIND: "export"}
-            )
+            logged = client.create_logged_model(tracker.experiment_id, name=name, source_run_id=run_id, tags={TAG_KIND: "export"})
             client.log_model_artifacts(logged.model_id, export_dir)
             client.finalize_logged_model(logged.model_id, "READY")
             try:

@@ -79,7 +79,9 @@ class EnsembleFile(_Strict):
     notes: str | None = None
 
 
-INFO_KEYS = tuple(k for k in EnsembleFile.model_fields if k not in ("format_version", "class_names", "members", "versions", "created"))
+INFO_KEYS = tuple(
+    k for k in EnsembleFile.model_fields if k not in ("format_version", "class_names", "members", "versions", "created")
+)
 
 
 def check_document(doc: dict[str, Any], where: str) -> EnsembleFile:
@@ -197,7 +199,9 @@ def load_export(path: str) -> LoadedEnsemble:
         model = _load_member_model(file)
         _check_model_shape(model, entry, len(parsed.class_names), file)
         members.append(
-            LoadedMember(entry.run_id, entry.architecture, entry.image_size, entry.normalization, float(entry.weight), model, file)
+            LoadedMember(
+                entry.run_id, entry.architecture, entry.image_size, entry.normalization, float(entry.weight), model, file
+            )
         )
     return LoadedEnsemble(root=root, class_names=list(parsed.class_names), members=members, info=doc)
 

@@ -78,8 +78,10 @@ def _download(url: str, timeout: float, max_bytes: int) -> bytes:
                 raise FlowerExpError(f"{url}: {int(length)} bytes is above the limit of {max_bytes} bytes; not downloaded")
             data = _read_body(response, deadline, url, max_bytes)
     except (OSError, HTTPException, ValueError) as exc:  # URLError and timeouts are OSErrors
-        if deadline.expired() or isinstance(exc, (TimeoutError, socket.timeout)) or (
-            isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (TimeoutError, socket.timeout))
+        if (
+            deadline.expired()
+            or isinstance(exc, (TimeoutError, socket.timeout))
+            or (isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, (TimeoutError, socket.timeout)))
         ):
             raise FlowerExpError(f"{url}: timed out after {timeout:g} s") from None
         raise _fetch_error(url, exc) from None

@@ -51,8 +51,10 @@ def open_journal(path: Path, *, readonly: bool) -> JournalFileBackend:
         if not path.exists():
             raise FlowerExpError(f"Optuna storage {path}: no such journal file")
         if torn and _still_torn(path):
-            _to_stderr(f"Optuna journal {path}: the last line is torn ({torn} bytes of an interrupted write); Optuna skips it, "
-                       "and the next sweep cuts it off (keeping a backup of the file)")
+            _to_stderr(
+                f"Optuna journal {path}: the last line is torn ({torn} bytes of an interrupted write); Optuna skips it, "
+                "and the next sweep cuts it off (keeping a backup of the file)"
+            )
     else:
         _check_writable(path)
     backend = JournalFileBackend(str(path), lock_obj=RepairingLock(path, _to_stderr))
@@ -188,8 +190,10 @@ def repair(path: Path, log: Callable[[str], None]) -> None:
         backup = _backup(path)
         f.truncate(end)
         os.fsync(f.fileno())
-    log(f"Optuna journal {path}: cut off a torn last line ({size - end} bytes of an interrupted write); "
-        f"the file as it was is in {backup}")
+    log(
+        f"Optuna journal {path}: cut off a torn last line ({size - end} bytes of an interrupted write); "
+        f"the file as it was is in {backup}"
+    )
 
 
 def _backup(path: Path) -> Path:

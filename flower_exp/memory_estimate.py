@@ -98,7 +98,10 @@ def host_available_bytes(meminfo: str = "/proc/meminfo", cgroup: str = "/sys/fs/
                 break
     except (OSError, ValueError, IndexError):
         pass
-    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
         try:
             limit = Path(cgroup, limit_file).read_text().strip()
             usage = int(Path(cgroup, usage_file).read_text().strip())

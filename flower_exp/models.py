@@ -237,9 +237,13 @@ def _cnn(input_shape, weights, *, width: int = 32, depth: int = 4, dropout: floa
 # file under the URL's last part. tests/test_models.py checks them against the installed packages.
 _DENSENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/densenet/densenet{depth}_weights_tf_dim_ordering_tf_kernels_notop.h5"
 _EFFICIENTNET_URL = "https://storage.googleapis.com/keras-applications/efficientnetb{b}_notop.h5"
-_EFN_IMAGENET_URL = ("https://github.com/Callidior/keras-applications/releases/download/efficientnet/"
-                     "efficientnet-b{b}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5")
-_EFN_NOISY_STUDENT_URL = "https://github.com/qubvel/efficientnet/releases/download/v0.0.1/efficientnet-b{b}_noisy-student_notop.h5"
+_EFN_IMAGENET_URL = (
+    "https://github.com/Callidior/keras-applications/releases/download/efficientnet/"
+    "efficientnet-b{b}_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
+)
+_EFN_NOISY_STUDENT_URL = (
+    "https://github.com/qubvel/efficientnet/releases/download/v0.0.1/efficientnet-b{b}_noisy-student_notop.h5"
+)
 
 
 def _register_keras_applications() -> None:

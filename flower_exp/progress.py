@@ -96,8 +96,10 @@ class SweepDisplay:
 def epoch_status(event: dict, study_best: float | None = None) -> str:
     """``trial 3 epoch 5/15 (0.712, trial best 0.731)`` plus the study's best and the budget
     when known: the running trial's state in one line."""
-    text = (f"trial {event['number']} epoch {event['epoch']}/{event['epochs']} "
-            f"({event['value']:.3f}, trial best {event.get('trial_best', event['value']):.3f})")
+    text = (
+        f"trial {event['number']} epoch {event['epoch']}/{event['epochs']} "
+        f"({event['value']:.3f}, trial best {event.get('trial_best', event['value']):.3f})"
+    )
     if study_best is not None:
         text += f"  study best {study_best:.4f}"
     if "budget_left_s" in event:

@@ -24,12 +24,23 @@ from .schedule import LRSchedule, plot_schedule
 from .tracking import DatasetRecord, Tracker, git_commit, package_versions
 
 # Settings that are not hyperparameters of the run (logged elsewhere or meaningless as params).
-_NOT_PARAMS = {"name", "description", "classes", "classes_file", "generate", "extra_data", "data_dir", "cache_dir", "memory_check",
-               "weights_dir"}
+_NOT_PARAMS = {
+    "name",
+    "description",
+    "classes",
+    "classes_file",
+    "generate",
+    "extra_data",
+    "data_dir",
+    "cache_dir",
+    "memory_check",
+    "weights_dir",
+}
 
 
-def run_params(exp: ResolvedExperiment, data, train_files, acc, global_batch: int, steps: int, prep,
-               **extra: Any) -> dict[str, Any]:
+def run_params(
+    exp: ResolvedExperiment, data, train_files, acc, global_batch: int, steps: int, prep, **extra: Any
+) -> dict[str, Any]:
     """A run's MLflow params: its hyperparameters, then how it ran (``data``'s
     ``train_files``, accelerator ``acc``, batch, steps per epoch, ``prep``: a
     :class:`flower_exp.train.Preprocessing`), its data's fingerprint and the versions;
@@ -63,8 +74,7 @@ def dataset_record(data, cfg: ExperimentConfig, fingerprint: str, context: str, 
     """The run's data as an MLflow dataset input: the split folder's name, the fingerprint the
     params carry, and the image counts of the splits read (extra sources included)."""
     name = Path(data.root.rstrip("/")).name or cfg.name
-    profile = {**counts, "classes": len(data.class_names), "image_size": cfg.image_size,
-               "extra_sources": len(data.extra)}
+    profile = {**counts, "classes": len(data.class_names), "image_size": cfg.image_size, "extra_sources": len(data.extra)}
     return DatasetRecord(name=name, digest=fingerprint, source=data.root, profile=profile, context=context)
 
 
@@ -128,8 +138,13 @@ def write_artifacts(folder: Path, artifacts: RunArtifacts) -> None:
     _write_config(folder / "config.yaml", a.exp, a.class_names)
     if a.val_probs is not None:
         np.savez_compressed(folder / "val_probs.npz", ids=a.val_ids, labels=a.val_labels, probs=a.val_probs)
-        confusion_png(a.val_probs, a.val_labels, a.class_names, str(folder / "confusion_matrix.png"),
-                      "validation confusion matrix (best epoch)")
+        confusion_png(
+            a.val_probs,
+            a.val_labels,
+            a.class_names,
+            str(folder / "confusion_matrix.png"),
+            "validation confusion matrix (best epoch)",
+        )
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:

@@ -79,7 +79,9 @@ def detect(requested: str = "auto", precision: str = "auto") -> Accelerator:
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         strategy = tf.distribute.MirroredStrategy(devices)
         kind = "gpu" if gpus else "cpu"
-        acc = Accelerator(strategy, kind, strategy.num_replicas_in_sync, "off", f"MirroredStrategy over {len(devices)} {kind.upper()}s")
+        acc = Accelerator(
+            strategy, kind, strategy.num_replicas_in_sync, "off", f"MirroredStrategy over {len(devices)} {kind.upper()}s"
+        )
         return _with_precision(acc, precision)
     if requested in ("auto", "gpu") and gpus:
         acc = Accelerator(tf.distribute.OneDeviceStrategy(gpus[0].name), "gpu", 1, "off", f"one GPU ({gpus[0].name})")

@@ -126,7 +126,9 @@ def best_so_far(study: optuna.Study) -> list[tuple[int, float]]:
     from optuna.trial import TrialState
 
     if len(study.directions) != 1:
-        raise ValueError(f"best_so_far needs a single-objective study; {study.study_name!r} has {len(study.directions)} objectives")
+        raise ValueError(
+            f"best_so_far needs a single-objective study; {study.study_name!r} has {len(study.directions)} objectives"
+        )
     maximize = study.direction == StudyDirection.MAXIMIZE
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     series: list[tuple[int, float]] = []

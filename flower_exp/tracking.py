@@ -51,8 +51,15 @@ HTTP_RETRY_DEFAULTS = {
 PROBE_TIMEOUT_S = 5.0
 # MLflow errors that are about the request, not about the store being reachable.
 _CLIENT_ERROR_CODES = {
-    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
-    "BAD_REQUEST", "MALFORMED_REQUEST", "INVALID_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "BAD_REQUEST",
+    "MALFORMED_REQUEST",
+    "INVALID_REQUEST",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
 }
 
 
@@ -143,9 +150,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
-        ]
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         if items:
             self._call(self.client.log_batch, run_id, metrics=items)
 
@@ -200,7 +205,9 @@ class Tracker:
         (e.g. ``"metrics.best_val_macro_f1 DESC"``): the first ``max_results`` ``mlflow.entities.Run``."""
         # Reads are not wrapped in RecordingFailed (that says results went unrecorded): MLflow's
         # errors reach the caller as they are.
-        return self.client.search_runs([self.experiment_id], filter_string, max_results=max_results, order_by=list(order_by) or None)
+        return self.client.search_runs(
+            [self.experiment_id], filter_string, max_results=max_results, order_by=list(order_by) or None
+        )
 
     def get_run(self, run_id: str) -> Any:
         """The ``mlflow.entities.Run`` with id ``run_id``; MLflow's error if there is none."""
@@ -220,9 +227,7 @@ class Tracker:
         self._call(self.client.set_terminated, run_id, status)
 
     @contextmanager
-    def run(
-        self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
-    ) -> Iterator[str]:
+    def run(self, run_name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> Iterator[str]:
         """A run that is always closed: FINISHED, FAILED (error tagged) or KILLED on Ctrl-C/SIGTERM/SIGHUP.
 
         The body may set ``flower_exp.state`` (e.g. ``pruned``) before returning normally.
@@ -275,7 +280,9 @@ class Tracker:
             reason = _reason(exc)
             unreachable = _is_http(self.target.uri)
             self._down = unreachable
-            raise RecordingFailed(f"MLflow tracking store {redact(self.target.uri)}: unavailable ({reason})", unreachable) from None
+            raise RecordingFailed(
+                f"MLflow tracking store {redact(self.target.uri)}: unavailable ({reason})", unreachable
+            ) from None
 
     def _close_quietly(self, run_id: str, status: str, state: str, reason: str) -> None:
         # The store may be what failed; closing must not hide the original error.
@@ -316,9 +323,7 @@ def source_tags(path: str | os.PathLike) -> dict[str, str]:
 def git_commit(path: str | os.PathLike) -> str | None:
     """The git commit of ``path``'s checkout (``+dirty`` when modified), if it is one."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        commit = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
         dirty = subprocess.run(

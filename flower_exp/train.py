@@ -158,8 +158,12 @@ def run(
     if tracker is None:
         tracker = Tracker(default_target(project_dir(Path(exp.config_path)), tracking_uri), cfg.name)
     name = run_name or f"{cfg.architecture}-{cfg.image_size}px"
-    run_tags = {TAG_KIND: "train", TAG_PREFIX + "architecture": cfg.architecture,
-                **source_tags(Path(exp.config_path).parent), **(tags or {})}
+    run_tags = {
+        TAG_KIND: "train",
+        TAG_PREFIX + "architecture": cfg.architecture,
+        **source_tags(Path(exp.config_path).parent),
+        **(tags or {}),
+    }
     with tracker.run(name, run_tags, parent_run_id) as run_id:
         if on_run_start is not None:
             on_run_start(run_id)
@@ -167,8 +171,20 @@ def run(
         fine_tune_from = plan[1].start if len(plan) > 1 else None
         stop = StopAtDeadline(deadline, finish_reserve_s, cfg.epochs, fine_tune_from) if deadline is not None else None
         with pipeline.shard_errors_named(train_files, val_files, num_classes=len(data.class_names)), _freeing_run_memory():
-            result, fit_end = _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say,
-                                     [*(callbacks or []), *([stop] if stop else [])], stop, init_weights, plan)
+            result, fit_end = _train(
+                exp,
+                data,
+                train_files,
+                val_files,
+                tracker,
+                run_id,
+                pruning_hook,
+                say,
+                [*(callbacks or []), *([stop] if stop else [])],
+                stop,
+                init_weights,
+                plan,
+            )
     result.finish_s = time.time() - fit_end
     return result
 
@@ -196,14 +212,19 @@ def refit(
     data = open_data(exp, log=say)
     extra = [pipeline.DataSource(root, splits) for root, splits in data.extra]
     train_files = pipeline.split_files(data.root, "train+val", cfg.image_size, extra)
-    tags = {TAG_KIND: "refit", TAG_PREFIX + "refit_of": refit_of, TAG_PREFIX + "architecture": cfg.architecture,
-            **source_tags(Path(exp.config_path).parent)}
+    tags = {
+        TAG_KIND: "refit",
+        TAG_PREFIX + "refit_of": refit_of,
+        TAG_PREFIX + "architecture": cfg.architecture,
+        **source_tags(Path(exp.config_path).parent),
+    }
     named = pipeline.shard_errors_named(train_files, num_classes=len(data.class_names))
     with tracker.run(f"refit-{cfg.architecture}-{cfg.image_size}px", tags, parent_run_id) as run_id, named, _freeing_run_memory():
         setup = setup_run(exp, data, train_files, say)
         tracker.log_params(run_id, {**setup.params, "epochs": epochs, "refit_of": refit_of})
-        tracker.log_dataset(run_id, dataset_record(data, cfg, setup.params["data_fingerprint"], "refit",
-                                                     **{"train+val": train_files.count}))
+        tracker.log_dataset(
+            run_id, dataset_record(data, cfg, setup.params["data_fingerprint"], "refit", **{"train+val": train_files.count})
+        )
         model, network = setup.built_model()
         plan = phases(cfg, epochs)
         tracker.log_params(run_id, {"phases": _describe_phases(plan, network)})
@@ -211,13 +232,20 @@ def refit(
         logger = Logger(tracker, run_id, setup.schedule, setup.acc.replicas, epochs, say, None)
         callbacks = [timer, StopOnNonFinite(), setup.lr_scheduler(), logger]
         _fit_phases(setup, model, network, plan, logger, say, callbacks=callbacks)
-        tracker.log_metrics(run_id, {"epochs_run": len(logger.history), "first_epoch_time_s": timer.times[0],
-                                     "mean_epoch_time_s": float(np.mean(timer.times[1:])) if len(timer.times) > 1 else None})
+        tracker.log_metrics(
+            run_id,
+            {
+                "epochs_run": len(logger.history),
+                "first_epoch_time_s": timer.times[0],
+                "mean_epoch_time_s": float(np.mean(timer.times[1:])) if len(timer.times) > 1 else None,
+            },
+        )
         # Its own upload, not save_artifacts: that turns a disk error into RecordingFailed, which
         # a refit has never raised.
         with tempfile.TemporaryDirectory(prefix="flower-exp-refit-") as tmp:
-            write_artifacts(Path(tmp), RunArtifacts(network, exp, setup.schedule, setup.acc.replicas, logger.history,
-                                                    data.class_names))
+            write_artifacts(
+                Path(tmp), RunArtifacts(network, exp, setup.schedule, setup.acc.replicas, logger.history, data.class_names)
+            )
             tracker.log_artifact(run_id, tmp)
         say(f"refit of {refit_of} on train+val for {epochs} epochs: MLflow run {run_id}")
         # This frame outlives the block: drop its references so the block's exit can free them.
@@ -225,8 +253,9 @@ def refit(
         return run_id
 
 
-def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks, stop,
-           init_weights, plan) -> tuple[RunResult, float]:
+def _train(
+    exp, data, train_files, val_files, tracker, run_id, pruning_hook, say, extra_callbacks, stop, init_weights, plan
+) -> tuple[RunResult, float]:
     """The run's body; returns its result and the ``time.time()`` at which training ended."""
     from ._imports import tensorflow
 
@@ -240,8 +269,10 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     val_pairs = val_ds.map(lambda image, label, record_id: (image, label))
     val_images = val_ds.map(lambda image, label, record_id: image)
     tracker.log_params(run_id, setup.params)
-    tracker.log_dataset(run_id, dataset_record(data, cfg, setup.params["data_fingerprint"], "training",
-                                                 train=train_files.count, val=val_files.count))
+    tracker.log_dataset(
+        run_id,
+        dataset_record(data, cfg, setup.params["data_fingerprint"], "training", train=train_files.count, val=val_files.count),
+    )
 
     # --- model
     try:
@@ -293,8 +324,21 @@ def _train(exp, data, train_files, val_files, tracker, run_id, pruning_hook, say
     if stopped:
         summary["stopped_at_epoch"] = len(logger.history)
     tracker.log_metrics(run_id, summary)
-    save_artifacts(tracker, run_id, RunArtifacts(network, exp, setup.schedule, setup.acc.replicas, logger.history,
-                                                 data.class_names, val_ids=val_ids, val_labels=val_labels, val_probs=val_probs))
+    save_artifacts(
+        tracker,
+        run_id,
+        RunArtifacts(
+            network,
+            exp,
+            setup.schedule,
+            setup.acc.replicas,
+            logger.history,
+            data.class_names,
+            val_ids=val_ids,
+            val_labels=val_labels,
+            val_probs=val_probs,
+        ),
+    )
     state = "pruned" if pruned is not None else "stopped" if stopped else "finished"
     tags = {TAG_STATE: state}
     if stopped:
@@ -488,8 +532,9 @@ def _compile(model, setup: RunSetup, epoch: int) -> None:
         )
 
 
-def _fit_phases(setup: RunSetup, model, network, plan: list[Phase], logger: Logger, say: Callable[[str], None],
-                **fit_kwargs) -> None:
+def _fit_phases(
+    setup: RunSetup, model, network, plan: list[Phase], logger: Logger, say: Callable[[str], None], **fit_kwargs
+) -> None:
     """Train ``plan`` phase by phase on one model: set what trains, recompile (Keras applies a
     change of ``trainable`` only then), and ``fit`` from the phase's first epoch
     (``initial_epoch``), so the LR schedule, the per-epoch metrics, best-epoch keeping, early
@@ -503,10 +548,19 @@ def _fit_phases(setup: RunSetup, model, network, plan: list[Phase], logger: Logg
             set_backbone_trainable(network, phase.layers)
         _compile(model, setup, phase.start)
         if phase.layers is not None:
-            say(f"epochs {phase.start + 1}-{phase.end}: {_phase_text(phase, network)}, "
-                f"{trainable_params(model):,} trainable parameters")
-        model.fit(setup.train_ds, initial_epoch=phase.start, epochs=phase.end, steps_per_epoch=setup.steps, verbose=0,
-                  shuffle=False, **fit_kwargs)
+            say(
+                f"epochs {phase.start + 1}-{phase.end}: {_phase_text(phase, network)}, "
+                f"{trainable_params(model):,} trainable parameters"
+            )
+        model.fit(
+            setup.train_ds,
+            initial_epoch=phase.start,
+            epochs=phase.end,
+            steps_per_epoch=setup.steps,
+            verbose=0,
+            shuffle=False,
+            **fit_kwargs,
+        )
         if len(logger.history) < phase.end:
             break
 

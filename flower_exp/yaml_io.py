@@ -69,8 +69,9 @@ class _GuardedLoader(yaml.SafeLoader):
             return  # PyYAML reports the undefined alias itself
         self._alias_nodes += self._size(target)
         if self._alias_nodes > MAX_ALIAS_NODES:
-            raise _Refused(line, f"aliases expand to more than {MAX_ALIAS_NODES} values (an alias bomb?); "
-                                 "write the values out instead")
+            raise _Refused(
+                line, f"aliases expand to more than {MAX_ALIAS_NODES} values (an alias bomb?); write the values out instead"
+            )
 
     def _size(self, node: Node) -> int:
         """Nodes in ``node`` with every alias expanded (memoised: aliased nodes are shared)."""

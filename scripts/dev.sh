@@ -41,6 +41,7 @@ case "$cmd" in
     install
     # Seconds: undefined names and the like fail here before a 20-minute test run.
     "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
     "$VENV/bin/python" -m pytest "$@"
     ;;
   *)

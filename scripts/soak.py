@@ -245,7 +245,11 @@ def _final_sweep(project: Path, timeout: float = 900) -> tuple[subprocess.Comple
     total = finished + running + FINAL_EXTRA_TRIALS
     return subprocess.run(
         [sys.executable, "-m", "flower_exp.cli", "sweep", "-s", "soak", "--trials", str(total), "--quiet"],
-        cwd=project, env=_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     ), total
 
 
@@ -323,17 +327,25 @@ def repeat_kill(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         while worker.alive() and time.time() < deadline and not line.search(worker.log.read_text()):
             time.sleep(0.05)
         was_alive = worker.kill()
-        rerun = subprocess.run([sys.executable, "-m", "flower_exp.cli", *cmd], cwd=project, env=_env(),
-                               capture_output=True, text=True, timeout=900)
+        rerun = subprocess.run(
+            [sys.executable, "-m", "flower_exp.cli", *cmd], cwd=project, env=_env(), capture_output=True, text=True, timeout=900
+        )
         result = check(project, expected_finished=trials)
         if rerun.returncode != 0:
             result["mismatches"].append(f"rerun exited {rerun.returncode}: {rerun.stderr[-800:]}")
         ok = was_alive and not result["mismatches"] and result["killed_trials"] == 1
         resumed += ok
         lost += max(0, trials - result["finished"])
-        details.append({"repetition": rep, "killed_trial": victim_trial, "killed_at_epoch": victim_epoch,
-                        "killed_mid_run": was_alive, "resumed": ok, **{k: result[k] for k in
-                        ("trials_by_state", "finished", "killed_trials", "killed_trials_retried", "mismatches")}})
+        details.append(
+            {
+                "repetition": rep,
+                "killed_trial": victim_trial,
+                "killed_at_epoch": victim_epoch,
+                "killed_mid_run": was_alive,
+                "resumed": ok,
+                **{k: result[k] for k in ("trials_by_state", "finished", "killed_trials", "killed_trials_retried", "mismatches")},
+            }
+        )
         if args.verbose:
             print(json.dumps(details[-1]), flush=True)
     return {

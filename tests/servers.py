@@ -138,9 +138,7 @@ def find_pg_bin() -> Path | None:
         return tuple(int(part) for part in re.findall(r"\d+", path.parent.name)) or (0,)
 
     candidates = [
-        path
-        for path in Path("/usr/lib/postgresql").glob("*/bin")
-        if (path / "initdb").is_file() and (path / "pg_ctl").is_file()
+        path for path in Path("/usr/lib/postgresql").glob("*/bin") if (path / "initdb").is_file() and (path / "pg_ctl").is_file()
     ]
     if candidates:
         return max(candidates, key=version_key)
@@ -261,8 +259,7 @@ class PostgresCluster:
                 self._started = True
                 break
             last_error = RuntimeError(
-                f"pg_ctl start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n"
-                f"--- {self.log} ---\n{_tail(self.log)}"
+                f"pg_ctl start failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}\n--- {self.log} ---\n{_tail(self.log)}"
             )
             # A port race leaves nothing running; anything else may: stop before retrying.
             self._run(str(bin_ / "pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", check=False)
@@ -493,8 +490,9 @@ class QuietHandler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def reply(self, code: int, body: bytes, content_type: str = "image/jpeg", length: int | None = None,
-              location: str | None = None) -> None:
+    def reply(
+        self, code: int, body: bytes, content_type: str = "image/jpeg", length: int | None = None, location: str | None = None
+    ) -> None:
         """Status, Content-Type, Content-Length (``length`` may claim other than ``len(body)``),
         ``Location`` if given, then ``body``."""
         self.send_response(code)

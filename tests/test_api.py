@@ -54,7 +54,12 @@ def test_public_functions_stay_callable_after_submodule_imports(tmp_path, first)
     env = {k: v for k, v in os.environ.items() if k not in ("GCS_DS_PATH", "MLFLOW_TRACKING_URI")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     proc = subprocess.run(
-        [sys.executable, "-c", (IMPORT_SUBMODULES if first == "submodules" else "") + CHECK], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", (IMPORT_SUBMODULES if first == "submodules" else "") + CHECK],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-2000:]
 

@@ -24,10 +24,24 @@ import yaml
 from conftest import assert_one_line_error
 from servers import QuietHandler, http_server
 
-TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 32, "architecture": "cnn",
-        "cnn_width": 4, "cnn_depth": 1, "epochs": 1, "lr_rampup_epochs": 0, "lr_sustain_epochs": 0}
-SWEEP = {"trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": {"name": "none"},
-         "params": {"lr_max": {"low": 1.0e-3, "high": 5.0e-3, "log": True}}, "fixed": {"epochs": 1}}
+TINY = {
+    "image_size": 32,
+    "batch_size_per_replica": 16,
+    "shuffle_buffer": 32,
+    "architecture": "cnn",
+    "cnn_width": 4,
+    "cnn_depth": 1,
+    "epochs": 1,
+    "lr_rampup_epochs": 0,
+    "lr_sustain_epochs": 0,
+}
+SWEEP = {
+    "trials": 1,
+    "sampler": {"name": "random", "seed": 1},
+    "pruner": {"name": "none"},
+    "params": {"lr_max": {"low": 1.0e-3, "high": 5.0e-3, "log": True}},
+    "fixed": {"epochs": 1},
+}
 CLASSES = ["c0", "c1", "c2", "c3"]  # the demo_root fixture's 4 classes
 
 
@@ -64,10 +78,18 @@ SWEEP_CASES = {
     "empty_search_space": (None, "params: {}\n", [], "params:"),
     "low_above_high": (None, "params: {lr_max: {low: 1.0, high: 0.1}}\n", [], "params.lr_max: low > high"),
     "unknown_architecture": ({"architecture": "resnet9000"}, None, [], "architecture"),
-    "enqueue_wrong_type": (None, "params: {cnn_width: {choices: [4, 8]}}\nenqueue: [{cnn_width: '8'}]\n", [],
-                           "enqueue.0.cnn_width: '8' is not one of the choices; allowed: [4, 8]"),
-    "duplicate_key": (None, "params: {cnn_width: {choices: [4, 8]}}\nparams: {}\n", [],
-                      "bad.yaml: line 2: duplicate key 'params' (first on line 1)"),
+    "enqueue_wrong_type": (
+        None,
+        "params: {cnn_width: {choices: [4, 8]}}\nenqueue: [{cnn_width: '8'}]\n",
+        [],
+        "enqueue.0.cnn_width: '8' is not one of the choices; allowed: [4, 8]",
+    ),
+    "duplicate_key": (
+        None,
+        "params: {cnn_width: {choices: [4, 8]}}\nparams: {}\n",
+        [],
+        "bad.yaml: line 2: duplicate key 'params' (first on line 1)",
+    ),
     "unknown_sampler": (None, "sampler: {name: cmaes}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown sampler 'cmaes'"),
     "unknown_pruner": (None, "pruner: {name: asha}\nparams: {epochs: {low: 1, high: 2}}\n", [], "unknown pruner 'asha'"),
     "unknown_strategy": ({"strategy": "quantum"}, None, [], "strategy"),
@@ -75,12 +97,16 @@ SWEEP_CASES = {
     "timeout_negative": (None, None, ["--timeout", "-5"], "--timeout -5: must be a positive number of minutes"),
     "timeout_zero": (None, None, ["--timeout", "0"], "--timeout 0: must be a positive number of minutes"),
     "storage_in_memory": (None, None, ["--storage", "sqlite://"], "--storage sqlite://: an in-memory database is lost"),
-    "study_name_with_quote": (None, None, ["--study", "bob's"], "--study \"bob's\": not a valid study name; allowed: letters"),
+    "study_name_with_quote": (None, None, ["--study", "bob's"], '--study "bob\'s": not a valid study name; allowed: letters'),
     "study_name_traversal": (None, None, ["--study", "../../etc/x"], "--study '../../etc/x': not a valid study name"),
     "storage_bad_scheme": (None, None, ["--storage", "redis://bob:hunter2@127.0.0.1/0"], "unknown scheme 'redis'"),
     # Port 1 on loopback refuses at once; a dropping host is bounded by connect_timeout.
-    "storage_unreachable": (None, None, ["--storage", "postgresql://bob:hunter2@127.0.0.1:1/optuna"],
-                            "Optuna storage postgresql://bob:***@127.0.0.1:1/optuna: unavailable"),
+    "storage_unreachable": (
+        None,
+        None,
+        ["--storage", "postgresql://bob:hunter2@127.0.0.1:1/optuna"],
+        "Optuna storage postgresql://bob:***@127.0.0.1:1/optuna: unavailable",
+    ),
 }
 
 
@@ -171,8 +197,13 @@ def export_dir(tmp_path_factory) -> Path:
     model = models.create_model("cnn", num_classes=len(CLASSES), image_size=32, cnn_width=4, cnn_depth=1)
     model.save(folder / "m.keras")
     out = tmp_path_factory.mktemp("bad-inputs-export") / "exp"
-    write_export(str(out), members=[ExportMember("m1", "cnn", 32, "unit", 1.0, str(folder / "m.keras"), {})],
-                 class_names=CLASSES, info={"experiment": "demo"}, verify=False)
+    write_export(
+        str(out),
+        members=[ExportMember("m1", "cnn", 32, "unit", 1.0, str(folder / "m.keras"), {})],
+        class_names=CLASSES,
+        info={"experiment": "demo"},
+        verify=False,
+    )
     return out
 
 
@@ -229,8 +260,10 @@ def test_predict_several_inputs_reports_bad_ones_and_predicts_the_rest(cli, tmp_
     predicted = [line.split(": ")[0] for line in result.stdout.splitlines() if line.strip()]
     assert predicted == [sources[0], sources[3]]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
-    assert errors == [f"{sources[1]}: not an image (unrecognised format)",
-                      f"{sources[2]}: unsupported URL scheme file:// (http/https only)"]
+    assert errors == [
+        f"{sources[1]}: not an image (unrecognised format)",
+        f"{sources[2]}: unsupported URL scheme file:// (http/https only)",
+    ]
     assert tree(work, export_dir) == before
 
 
@@ -334,8 +367,13 @@ def _with_one_record_changed(root: Path, index: int, *, image: bytes | None = No
     with tf.io.TFRecordWriter(str(shard)) as writer:
         for i, record in enumerate(kept):
             changed = i == index
-            writer.write(records.encode_example(image if changed and image else record.image, record.id,
-                                                label if changed and label is not None else record.label))
+            writer.write(
+                records.encode_example(
+                    image if changed and image else record.image,
+                    record.id,
+                    label if changed and label is not None else record.label,
+                )
+            )
     return shard
 
 
@@ -389,8 +427,7 @@ def test_cli_train_on_truncated_shard_names_the_file(cli, tmp_path, data_copy):
         (_label_out_of_range, "record 2 ("),
         (_label_out_of_range, "label 99 is outside [0, "),
     ],
-    ids=["zero_bytes", "wrong_schema", "odd_size_names_record", "odd_size_says_sizes", "label_names_record",
-         "label_says_range"],
+    ids=["zero_bytes", "wrong_schema", "odd_size_names_record", "odd_size_says_sizes", "label_names_record", "label_says_range"],
 )
 def test_train_on_damaged_shard_names_the_file(tmp_path, data_copy, damage, fragment):
     from flower_exp.config import load_experiment
@@ -417,7 +454,8 @@ def test_sweep_on_truncated_shard_stops_naming_the_file(tmp_path, data_copy):
         run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True), log=lambda m: None)
     assert str(exc.value).startswith(f"{shard}: ")
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(project / "mlruns" / "optuna" / "journal.log")))
+        optuna.storages.journal.JournalFileBackend(str(project / "mlruns" / "optuna" / "journal.log"))
+    )
     trials = optuna.load_study(study_name="tiny-tiny", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL"]  # stopped at the first trial, not after 3
     assert not [r for r in _runs(project) if r.info.status == "FINISHED" and "mlflow.parentRunId" in r.data.tags]
@@ -501,9 +539,18 @@ def test_trial_with_invalid_configuration_is_not_counted_and_stops_the_sweep(tmp
     project = write_project(tmp_path / "p", demo_root, sweep={"params": {"epochs": {"low": 1, "high": 2.0}}, "fixed": {}})
     sweep_path = project / "sweeps" / "tiny.yaml"
     exp = load_experiment(config=project / "experiments.yaml")
-    spec = SweepSpec(config_path=str(project / "experiments.yaml"), experiment="tiny", sweep_path=str(sweep_path),
-                     study_name="s", storage_url=":memory:", tracking=None, parent_run_id="", total_trials=3,
-                     deadline=None, quiet=True)
+    spec = SweepSpec(
+        config_path=str(project / "experiments.yaml"),
+        experiment="tiny",
+        sweep_path=str(sweep_path),
+        study_name="s",
+        storage_url=":memory:",
+        tracking=None,
+        parent_run_id="",
+        total_trials=3,
+        deadline=None,
+        quiet=True,
+    )
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
     objective = _Objective(spec, exp, load_sweep(sweep_path), None, lambda m: None, lambda e: None)
     with pytest.raises(ConfigError) as exc:
@@ -517,8 +564,9 @@ def test_trial_with_invalid_configuration_is_not_counted_and_stops_the_sweep(tmp
     assert not (project / "mlruns").exists()  # no MLflow run was started
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:",
-                                 "sqlite:///file::memory:?cache=shared&uri=true"])
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite:///:memory:", "sqlite:///file::memory:?cache=shared&uri=true"]
+)
 def test_in_memory_sqlite_storage_is_refused(url):
     from flower_exp.errors import FlowerExpError
     from flower_exp.study.storage import _refuse_in_memory_storage

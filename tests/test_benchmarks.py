@@ -25,8 +25,14 @@ import run_all  # noqa: E402
 def run_smoke(name: str, out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "GCS_DS_PATH")}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", FLOWER_EXP_BENCH_CACHE=str(out / "cache"))
-    proc = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--smoke", "--out", str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{name}.py", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {out / (name + '.json')}" in proc.stdout
     result = json.loads((out / f"{name}.json").read_text())
@@ -114,10 +120,20 @@ def test_finish_plots_full_runs_only(tmp_path, capsys):
 
 
 def result(name: str, **changes) -> dict:
-    base = dict(name=name, title=f"Title {name}", goal=f"goal of {name}", goal_met=True, measured=f"{name} 0.97",
-                command=f".venv/bin/python benchmarks/{name}.py", date="2026-01-01T00:00:00+00:00",
-                machine="CPU, 2 cores", smoke=False, table_md="| a | b |\n|---|---|\n| 1 | 2 |", plots=[],
-                notes_md=f"notes of {name}")
+    base = dict(
+        name=name,
+        title=f"Title {name}",
+        goal=f"goal of {name}",
+        goal_met=True,
+        measured=f"{name} 0.97",
+        command=f".venv/bin/python benchmarks/{name}.py",
+        date="2026-01-01T00:00:00+00:00",
+        machine="CPU, 2 cores",
+        smoke=False,
+        table_md="| a | b |\n|---|---|\n| 1 | 2 |",
+        plots=[],
+        notes_md=f"notes of {name}",
+    )
     return {**base, **changes}
 
 
@@ -125,8 +141,11 @@ def test_report_renders_every_result(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "pipeline.png").write_bytes(b"png")
-    for r in (result("zzz_other"), result("startup", goal_met=False, measured="x | y"),
-              result("pipeline", plots=[str(results / "pipeline.png")], smoke=True, goal_met=None)):
+    for r in (
+        result("zzz_other"),
+        result("startup", goal_met=False, measured="x | y"),
+        result("pipeline", plots=[str(results / "pipeline.png")], smoke=True, goal_met=None),
+    ):
         (results / f"{r['name']}.json").write_text(json.dumps(r))
     output = tmp_path / "BENCHMARKS.md"
     report.main(["--results", str(results), "--output", str(output)])
@@ -141,8 +160,14 @@ def test_report_renders_every_result(tmp_path):
     assert rows[2].endswith("| yes |")
     for name in ("pipeline", "startup", "zzz_other"):
         section = text.split(f"## Title {name}")[1].split("\n## ")[0]
-        for part in (f"goal of {name}", f"`.venv/bin/python benchmarks/{name}.py`", "2026-01-01T00:00:00+00:00",
-                     "CPU, 2 cores", "| 1 | 2 |", f"notes of {name}"):
+        for part in (
+            f"goal of {name}",
+            f"`.venv/bin/python benchmarks/{name}.py`",
+            "2026-01-01T00:00:00+00:00",
+            "CPU, 2 cores",
+            "| 1 | 2 |",
+            f"notes of {name}",
+        ):
             assert part in section, (name, part)
     assert "![Title pipeline](results/pipeline.png)" in text  # relative to the markdown file
 

@@ -15,8 +15,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-RESULT_KEYS = ["name", "title", "goal", "goal_met", "measured", "command", "date", "machine",
-               "smoke", "table_md", "plots", "notes_md"]
+RESULT_KEYS = [
+    "name",
+    "title",
+    "goal",
+    "goal_met",
+    "measured",
+    "command",
+    "date",
+    "machine",
+    "smoke",
+    "table_md",
+    "plots",
+    "notes_md",
+]
 
 
 def _load(name: str):
@@ -90,8 +102,14 @@ def test_search_smoke_writes_runs_result_and_curve_and_resumes(tmp_path):
 
 def test_search_full_run_refuses_without_data_in_one_line(tmp_path):
     env_free = {k: v for k, v in os.environ.items() if k != "FLOWER_EXP_BENCH_DATA"}
-    proc = subprocess.run([sys.executable, "benchmarks/search.py", "--work", str(tmp_path / "w"), "--out", str(tmp_path)],
-                          cwd=REPO, env=env_free, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/search.py", "--work", str(tmp_path / "w"), "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env_free,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--data" in proc.stderr
     assert not (tmp_path / "search.json").exists()
@@ -106,10 +124,22 @@ def test_search_plan_curves_and_goal():
     assert math.isnan(curve[0]) and curve[1:] == [0.2, 0.2, 0.5]
 
     def run(method, seed, acc, f1_at_1s):
-        return {"method": method, "seed": seed, "budget_min": 1.0, "space_sha256": "x", "smoke": False,
-                "test_accuracy": acc, "test_macro_f1": acc, "best_val_f1": f1_at_1s, "epochs": 1, "trials": 1,
-                "wall_s": 60.0, "export_s": 1.0, "first_trial_end_s": 1.0,
-                "epoch_log": [{"t_s": 1.0, "trial": 0, "epoch": 1, "val_f1": f1_at_1s}]}
+        return {
+            "method": method,
+            "seed": seed,
+            "budget_min": 1.0,
+            "space_sha256": "x",
+            "smoke": False,
+            "test_accuracy": acc,
+            "test_macro_f1": acc,
+            "best_val_f1": f1_at_1s,
+            "epochs": 1,
+            "trials": 1,
+            "wall_s": 60.0,
+            "export_s": 1.0,
+            "first_trial_end_s": 1.0,
+            "epoch_log": [{"t_s": 1.0, "trial": 0, "epoch": 1, "val_f1": f1_at_1s}],
+        }
 
     others = [m for m in search.METHODS if m != search.FLOWER_EXP]
     runs = [run(m, s, 0.70, 0.60) for m in others for s in (1, 2)]
@@ -172,7 +202,11 @@ def test_gpu_sh_without_gpu_refuses_in_one_line(tmp_path):
 
 def test_search_flags_a_seed_whose_pairs_ran_in_different_sittings():
     search = _load("search")
-    runs = [{"seed": 1, "date": "2026-12-01T11:40:09+00:00"}, {"seed": 1, "date": "2026-12-07T19:43:25+00:00"},
-            {"seed": 2, "date": "2026-12-07T19:00:00+00:00"}, {"seed": 2, "date": "2026-12-07T21:10:00+00:00"}]
+    runs = [
+        {"seed": 1, "date": "2026-12-01T11:40:09+00:00"},
+        {"seed": 1, "date": "2026-12-07T19:43:25+00:00"},
+        {"seed": 2, "date": "2026-12-07T19:00:00+00:00"},
+        {"seed": 2, "date": "2026-12-07T21:10:00+00:00"},
+    ]
     assert search.split_seeds(runs) == ["seed 1: 2026-12-01 11:40 - 2026-12-07 19:43"]
     assert search.split_seeds(runs[2:]) == []

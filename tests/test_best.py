@@ -19,8 +19,16 @@ from flower_exp.errors import FlowerExpError
 from flower_exp.tracking import Tracker, TrackingTarget
 from flower_exp.train import run
 
-TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "epochs": 2, "cnn_depth": 2,
-        "lr_rampup_epochs": 0, "lr_sustain_epochs": 1, "lr_max": 3e-3}
+TINY = {
+    "image_size": 32,
+    "batch_size_per_replica": 16,
+    "shuffle_buffer": 64,
+    "epochs": 2,
+    "cnn_depth": 2,
+    "lr_rampup_epochs": 0,
+    "lr_sustain_epochs": 1,
+    "lr_max": 3e-3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,9 @@ def trained(tmp_path_factory, demo_root):
     config = {"default": "tiny", "experiments": {"tiny": {"data_dir": demo_root, **TINY}}}
     (project / "experiments.yaml").write_text(yaml.safe_dump(config))
     (project / "mlruns").mkdir()
-    tracker = Tracker(TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")), "tiny")
+    tracker = Tracker(
+        TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")), "tiny"
+    )
     for overrides in (["cnn_width=4"], ["cnn_width=8"], ["cnn_width=8", "image_size=64", "seed=7"]):
         run(load_experiment(config=project, overrides=overrides), tracker=tracker, progress=None)
     return project, tracker
@@ -49,8 +59,10 @@ def test_select_runs_orders_by_metric_and_diversifies(trained):
 def test_best_logs_ensemble_refits_exports_and_predicts(trained, cli, tmp_path):
     project, tracker = trained
     out = tmp_path / "export"
-    result = run_best(BestOptions(config=project / "experiments.yaml", top=3, trials=15, export=str(out), refit=True,
-                                  force_ensemble=True), log=lambda m: None)
+    result = run_best(
+        BestOptions(config=project / "experiments.yaml", top=3, trials=15, export=str(out), refit=True, force_ensemble=True),
+        log=lambda m: None,
+    )
     report = result.report
     assert 0.0 <= report.holdout_ensemble <= 1.0 and 0.0 <= report.holdout_best_single <= 1.0
     ens = tracker.client.get_run(result.ensemble_run_id)
@@ -106,8 +118,9 @@ def test_export_with_a_deleted_model_artifact_fails_the_ensemble_run(trained, tm
         run_best(BestOptions(config=project / "experiments.yaml", top=1, method="mean", export=str(out)), log=lambda m: None)
     assert str(exc.value).startswith(f"run {best.run_id}: artifact model/model.keras cannot be read (")
     assert "\n" not in str(exc.value) and not out.exists()
-    ensemble = tracker.client.search_runs([tracker.experiment_id], "tags.`flower_exp.kind` = 'ensemble'",
-                                          order_by=["attributes.start_time DESC"], max_results=1)[0]
+    ensemble = tracker.client.search_runs(
+        [tracker.experiment_id], "tags.`flower_exp.kind` = 'ensemble'", order_by=["attributes.start_time DESC"], max_results=1
+    )[0]
     assert ensemble.info.status == "FAILED" and ensemble.data.tags["flower_exp.state"] == "failed"
 
 
@@ -120,7 +133,8 @@ def test_best_cli_user_errors_are_one_line(trained, cli):
     assert deleted.returncode == 2 and "Traceback" not in deleted.stderr, deleted.stderr
     last = deleted.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: run {best.run_id}: artifact val_probs.npz cannot be read ("), last
-    assert_one_line_error(cli("best", "--study", "bob's", cwd=project), "--study \"bob's\": not a valid study name")
-    assert_one_line_error(cli("best", "--metric", "val macro", cwd=project),
-                          "no finished runs with metric best_val macro in experiment 'tiny'")
+    assert_one_line_error(cli("best", "--study", "bob's", cwd=project), '--study "bob\'s": not a valid study name')
+    assert_one_line_error(
+        cli("best", "--metric", "val macro", cwd=project), "no finished runs with metric best_val macro in experiment 'tiny'"
+    )
     assert_one_line_error(cli("best", "--metric", "f1`) or (`x", cwd=project), "not a metric name; allowed:")

@@ -44,8 +44,14 @@ def _browser() -> str:
 def swept(tmp_path_factory, demo_root) -> Path:
     """A project with one finished two-trial sweep (study tiny-tiny)."""
     folder = write_project(tmp_path_factory.mktemp("browser"), demo_root, "tiny", sweep=SWEEP)
-    done = subprocess.run([sys.executable, "-m", "flower_exp.cli", "sweep", "--quiet"], cwd=folder,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [sys.executable, "-m", "flower_exp.cli", "sweep", "--quiet"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr
     return folder
 
@@ -63,8 +69,14 @@ def _serve(folder: Path, command: str, port: int, ready_path: str):
     # The servers exec or start helpers from the virtual environment's bin (uvicorn).
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "400"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flower_exp.cli", command, "--port", str(port)], cwd=folder,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flower_exp.cli", command, "--port", str(port)],
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     deadline = time.time() + 180
     while True:
         try:
@@ -86,8 +98,15 @@ def _stop(proc) -> None:
 
 def _rendered_text(url: str, folder: Path) -> str:
     """The page's text after its scripts ran (headless Chromium's DOM dump, tags stripped)."""
-    argv = [_browser(), "--headless", "--disable-gpu", "--virtual-time-budget=30000", f"--user-data-dir={folder / 'profile'}",
-            "--dump-dom", url]
+    argv = [
+        _browser(),
+        "--headless",
+        "--disable-gpu",
+        "--virtual-time-budget=30000",
+        f"--user-data-dir={folder / 'profile'}",
+        "--dump-dom",
+        url,
+    ]
     if os.geteuid() == 0:
         argv.insert(1, "--no-sandbox")  # Chromium refuses to run its sandbox as root
     dom = subprocess.run(argv, capture_output=True, text=True, timeout=180).stdout

@@ -44,12 +44,25 @@ def test_cli_bad_budget_exits_2_before_writing_anything(cli, tmp_path, command):
 
 @pytest.fixture
 def project(tmp_path, demo_root):
-    tiny = {"data_dir": demo_root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64,
-            "cnn_width": 4, "cnn_depth": 2, "lr_rampup_epochs": 0, "lr_sustain_epochs": 1,
-            "early_stopping_patience": 0}
+    tiny = {
+        "data_dir": demo_root,
+        "image_size": 32,
+        "batch_size_per_replica": 16,
+        "shuffle_buffer": 64,
+        "cnn_width": 4,
+        "cnn_depth": 2,
+        "lr_rampup_epochs": 0,
+        "lr_sustain_epochs": 1,
+        "early_stopping_patience": 0,
+    }
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"default": "tiny", "experiments": {"tiny": tiny}}))
-    sweep = {"trials": 50, "sampler": {"name": "random", "seed": 1}, "pruner": {"name": "none"},
-             "params": {"lr_max": {"low": 1.0e-3, "high": 3.0e-3, "log": True}}, "fixed": {"epochs": ENDLESS}}
+    sweep = {
+        "trials": 50,
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "params": {"lr_max": {"low": 1.0e-3, "high": 3.0e-3, "log": True}},
+        "fixed": {"epochs": ENDLESS},
+    }
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "endless.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     return tmp_path
@@ -63,8 +76,11 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     from flower_exp.tracking import Tracker, TrackingTarget
 
     events = []
-    result = run_sweep(SweepOptions(sweep="endless", config=project / "experiments.yaml", budget_min=0.25, quiet=True),
-                       log=lambda m: None, on_event=events.append)
+    result = run_sweep(
+        SweepOptions(sweep="endless", config=project / "experiments.yaml", budget_min=0.25, quiet=True),
+        log=lambda m: None,
+        on_event=events.append,
+    )
     assert result.counts["running"] == 0 and result.counts["complete"] == 0
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(result.storage_url, HeartbeatConfig()))
     trials = study.get_trials()
@@ -78,8 +94,9 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     epoch = next(e for e in events if e["kind"] == "epoch")
     assert {"trial_best", "budget_used_s", "budget_left_s"} <= set(epoch)
 
-    tracker = Tracker(TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
-                                     str(project / "mlruns" / "artifacts")), "tiny")
+    tracker = Tracker(
+        TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")), "tiny"
+    )
     run = tracker.client.get_run(first.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["flower_exp.state"] == "stopped" and run.data.tags["flower_exp.stopped_by"] == "budget"
@@ -88,8 +105,10 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     parent = tracker.client.get_run(result.parent_run_id)
     assert parent.data.metrics["sweep_best_val_macro_f1_final"] == result.best[0]["value"]
 
-    best = run_best(BestOptions(study=result.study_name, top=1, export=str(project / "export"),
-                                config=project / "experiments.yaml"), log=lambda m: None)
+    best = run_best(
+        BestOptions(study=result.study_name, top=1, export=str(project / "export"), config=project / "experiments.yaml"),
+        log=lambda m: None,
+    )
     assert [c.run_id for c in best.candidates] == [result.best[0]["run_id"]]
     assert (project / "export" / "ensemble.json").is_file()
 
@@ -105,8 +124,16 @@ def test_quiet_progress_prints_the_running_trial_at_most_once_a_period():
     lines, now = [], [0.0]
     progress = QuietProgress(lines.append, every_s=60)
     progress._clock = lambda: now[0]
-    epoch = {"kind": "epoch", "number": 3, "epoch": 1, "epochs": 15, "value": 0.5, "trial_best": 0.5,
-             "budget_used_s": 125.0, "budget_left_s": 1675.0}
+    epoch = {
+        "kind": "epoch",
+        "number": 3,
+        "epoch": 1,
+        "epochs": 15,
+        "value": 0.5,
+        "trial_best": 0.5,
+        "budget_used_s": 125.0,
+        "budget_left_s": 1675.0,
+    }
     progress(epoch)
     now[0] = 30.0
     progress({**epoch, "epoch": 2})
@@ -117,5 +144,7 @@ def test_quiet_progress_prints_the_running_trial_at_most_once_a_period():
         "trial 3 epoch 1/15 (0.500, trial best 0.500)  budget 2m05s used, 27m55s left",
         "trial 3 epoch 3/15 (0.610, trial best 0.610)  study best 0.8123  budget 2m05s used, 27m55s left",
     ]
-    assert epoch_status({"kind": "epoch", "number": 0, "epoch": 2, "epochs": 4, "value": 0.25}) == \
-        "trial 0 epoch 2/4 (0.250, trial best 0.250)"
+    assert (
+        epoch_status({"kind": "epoch", "number": 0, "epoch": 2, "epochs": 4, "value": 0.25})
+        == "trial 0 epoch 2/4 (0.250, trial best 0.250)"
+    )

@@ -16,10 +16,26 @@ HEAVY = ("tensorflow", "keras", "mlflow", "optuna")
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["data", "--help"], ["config", "--help"], ["data", "inspect", "--help"], ["data", "demo", "--help"],
-     ["data", "import-folder", "--help"], ["data", "check-leakage", "--help"], ["config", "show", "--help"], ["--version"],
-     ["train", "--help"], ["sweep", "--help"], ["status", "--help"], ["runs", "--help"], ["ui", "--help"],
-     ["models", "--help"], ["models"], ["weights", "--help"], ["weights"]],
+    [
+        ["--help"],
+        ["data", "--help"],
+        ["config", "--help"],
+        ["data", "inspect", "--help"],
+        ["data", "demo", "--help"],
+        ["data", "import-folder", "--help"],
+        ["data", "check-leakage", "--help"],
+        ["config", "show", "--help"],
+        ["--version"],
+        ["train", "--help"],
+        ["sweep", "--help"],
+        ["status", "--help"],
+        ["runs", "--help"],
+        ["ui", "--help"],
+        ["models", "--help"],
+        ["models"],
+        ["weights", "--help"],
+        ["weights"],
+    ],
 )
 def test_help_does_not_import_heavy_libraries(argv):
     code = (
@@ -56,10 +72,16 @@ def test_status_reads_a_study_without_tensorflow(tmp_path):
     study.set_user_attr("mlflow_parent_run_id", "parent123")
     study.optimize(lambda t: t.suggest_float("lr_max", 1e-4, 1e-2, log=True), n_trials=3)
     # Stopped by the budget: PRUNED, ranked by its best epoch (0.99), not its last report.
-    study.add_trial(optuna.trial.create_trial(
-        state=optuna.trial.TrialState.PRUNED, value=0.5, intermediate_values={1: 0.99, 2: 0.5},
-        params={"lr_max": 0.0012345}, distributions={"lr_max": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
-        user_attrs={"stopped_by": "budget", "mlflow_run_id": "stoppedrun", "best_epoch": 1}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            value=0.5,
+            intermediate_values={1: 0.99, 2: 0.5},
+            params={"lr_max": 0.0012345},
+            distributions={"lr_max": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+            user_attrs={"stopped_by": "budget", "mlflow_run_id": "stoppedrun", "best_epoch": 1},
+        )
+    )
     code = (
         "import sys\n"
         "sys.argv = ['flower-exp', 'status', '--top', '2']\n"
@@ -76,8 +98,10 @@ def test_status_reads_a_study_without_tensorflow(tmp_path):
     cells = [[c.strip() for c in re.split(r"[│|]", line)[1:-1]] for line in proc.stdout.splitlines()]
     rows = [row[:5] + row[-1:] for row in cells if row and row[0].isdigit()]
     best = study.best_trial
-    assert rows == [["3", "stopped", "0.9900", "1", "0.00123", "stoppedrun"],
-                    [str(best.number), "complete", f"{best.value:.4f}", "", f"{best.params['lr_max']:.3g}", ""]]
+    assert rows == [
+        ["3", "stopped", "0.9900", "1", "0.00123", "stoppedrun"],
+        [str(best.number), "complete", f"{best.value:.4f}", "", f"{best.params['lr_max']:.3g}", ""],
+    ]
     assert "TF=False" in proc.stdout
 
 
@@ -151,9 +175,11 @@ def _cnn_params(width: int, depth: int, classes: int) -> int:
 
 @pytest.mark.parametrize(
     "args, fragment",
-    [(["resnet*"], "architecture 'resnet*': matches no registered one; allowed: cnn, densenet121"),
-     (["cnn", "--image-size", "16"], "--image-size 16: must be at least 32"),
-     (["cnn", "--params", "--classes", "1"], "--classes 1: must be at least 2")],
+    [
+        (["resnet*"], "architecture 'resnet*': matches no registered one; allowed: cnn, densenet121"),
+        (["cnn", "--image-size", "16"], "--image-size 16: must be at least 32"),
+        (["cnn", "--params", "--classes", "1"], "--classes 1: must be at least 2"),
+    ],
 )
 def test_models_errors(cli, args, fragment):
     assert_one_line_error(cli("models", *args), fragment)
@@ -173,7 +199,9 @@ def test_weights_lists_each_file_where_it_is_looked_for_and_whether_it_is_there(
 
     listed = cli("weights", "efficientnet*b0", "densenet121", "cnn", cwd=project, env=env)
     assert listed.returncode == 0, listed.stderr
-    rows = [[cell.strip() for cell in line.strip("│ ").split("│")] for line in listed.stdout.splitlines() if line.startswith("│ ")]
+    rows = [
+        [cell.strip() for cell in line.strip("│ ").split("│")] for line in listed.stdout.splitlines() if line.startswith("│ ")
+    ]
     assert rows == [
         ["densenet121", "imagenet", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "yes ($FLOWER_EXP_WEIGHTS)"],
         ["efficientnet_b0", "imagenet", "efficientnetb0_notop.h5", "yes (weights_dir)"],
@@ -186,14 +214,18 @@ def test_weights_lists_each_file_where_it_is_looked_for_and_whether_it_is_there(
     assert "cnn: no pretrained weights" in listed.stdout
     with_urls = cli("weights", "densenet121", "--urls", cwd=project, env=env)
     assert with_urls.returncode == 0, with_urls.stderr
-    assert ("https://storage.googleapis.com/tensorflow/keras-applications/densenet/densenet121_weights_tf_dim_ordering_tf_"
-            "kernels_notop.h5") in with_urls.stdout.splitlines()  # a whole line, unwrapped
+    assert (
+        "https://storage.googleapis.com/tensorflow/keras-applications/densenet/densenet121_weights_tf_dim_ordering_tf_"
+        "kernels_notop.h5"
+    ) in with_urls.stdout.splitlines()  # a whole line, unwrapped
 
 
 @pytest.mark.parametrize(
     "args, fragment",
-    [(["resnet*"], "architecture 'resnet*': matches no registered one; allowed: cnn, densenet121"),
-     (["-e", "nope"], "experiments.nope: unknown experiment; allowed: demo")],
+    [
+        (["resnet*"], "architecture 'resnet*': matches no registered one; allowed: cnn, densenet121"),
+        (["-e", "nope"], "experiments.nope: unknown experiment; allowed: demo"),
+    ],
 )
 def test_weights_errors(cli, args, fragment):
     assert_one_line_error(cli("weights", *args), fragment)

@@ -124,7 +124,11 @@ def test_config_keys_lists_descriptions(cli, tmp_path):
 ERROR_CASES = {
     "malformed": ("experiments:\n  demo: [unclosed\n", [], "malformed YAML"),
     "empty": ("", [], "empty file"),
-    "duplicate_key": ("experiments:\n  x: {data_dir: .}\nexperiments: {}\n", [], "line 3: duplicate key 'experiments' (first on line 1)"),
+    "duplicate_key": (
+        "experiments:\n  x: {data_dir: .}\nexperiments: {}\n",
+        [],
+        "line 3: duplicate key 'experiments' (first on line 1)",
+    ),
     "not_a_mapping": ("- a\n- b\n", [], "(top level)"),
     "unknown_top_key": ("experimants: {}\n", [], "experimants: unknown key; allowed: default, experiments"),
     "unknown_nested_key": (
@@ -162,7 +166,11 @@ ERROR_CASES = {
         ["-e", "nope"],
         "experiments.nope: unknown experiment; allowed: x",
     ),
-    "bad_default": ("default: demo\nexperiments:\n  x:\n    data_dir: .\n", [], "default: 'demo' is not an experiment; allowed: x"),
+    "bad_default": (
+        "default: demo\nexperiments:\n  x:\n    data_dir: .\n",
+        [],
+        "default: 'demo' is not an experiment; allowed: x",
+    ),
     "classes_twice": (
         "experiments:\n  x:\n    data_dir: .\n    classes: [a]\n    classes_file: c.txt\n",
         ["-e", "x"],
@@ -215,23 +223,40 @@ def experiment(project):
 
 # name: (sweep file text, error fragment after "<file>: ")
 SWEEP_VALUE_CASES = {
-    "int_setting_float_bound": ("params: {epochs: {low: 1, high: 2.0}}\n",
-                                "params.epochs: 'epochs' is an integer setting; allowed: integer low, high and step"),
-    "int_setting_float_step": ("params: {epochs: {low: 1, high: 4, step: 1.0}}\n", "params.epochs: 'epochs' is an integer setting"),
+    "int_setting_float_bound": (
+        "params: {epochs: {low: 1, high: 2.0}}\n",
+        "params.epochs: 'epochs' is an integer setting; allowed: integer low, high and step",
+    ),
+    "int_setting_float_step": (
+        "params: {epochs: {low: 1, high: 4, step: 1.0}}\n",
+        "params.epochs: 'epochs' is an integer setting",
+    ),
     "infinite_bound": ("params: {lr_max: {low: 1.0e-4, high: .inf}}\n", "params.lr_max.high: Input should be a finite number"),
     "nan_bound": ("params: {lr_max: {low: .nan, high: 1.0}}\n", "params.lr_max.low: Input should be a finite number"),
-    "enqueue_string_for_int_choice": ("params: {cnn_width: {choices: [8, 16]}}\nenqueue: [{cnn_width: '16'}]\n",
-                                      "enqueue.0.cnn_width: '16' is not one of the choices; allowed: [8, 16]"),
-    "enqueue_float_for_int_setting": ("params: {epochs: {low: 1, high: 4}}\nenqueue: [{epochs: 2.5}]\n",
-                                      "enqueue.0.epochs: 2.5 has the wrong type for 'epochs'; allowed: integer"),
-    "string_choice_for_int_setting": ("params: {cnn_width: {choices: ['8', 16]}}\n",
-                                      "params.cnn_width: '8' has the wrong type for 'cnn_width'; allowed: integer"),
-    "fixed_float_for_int_setting": ("params: {cnn_width: {choices: [8]}}\nfixed: {epochs: 2.0}\n",
-                                    "fixed.epochs: 2.0 has the wrong type for 'epochs'; allowed: integer"),
-    "fixed_int_for_bool_setting": ("params: {cnn_width: {choices: [8]}}\nfixed: {jit_compile: 1}\n",
-                                   "fixed.jit_compile: 1 has the wrong type for 'jit_compile'; allowed: boolean"),
-    "fixed_infinite": ("params: {cnn_width: {choices: [8]}}\nfixed: {lr_max: .inf}\n",
-                       "fixed.lr_max: value inf is invalid (Input should be a finite number"),
+    "enqueue_string_for_int_choice": (
+        "params: {cnn_width: {choices: [8, 16]}}\nenqueue: [{cnn_width: '16'}]\n",
+        "enqueue.0.cnn_width: '16' is not one of the choices; allowed: [8, 16]",
+    ),
+    "enqueue_float_for_int_setting": (
+        "params: {epochs: {low: 1, high: 4}}\nenqueue: [{epochs: 2.5}]\n",
+        "enqueue.0.epochs: 2.5 has the wrong type for 'epochs'; allowed: integer",
+    ),
+    "string_choice_for_int_setting": (
+        "params: {cnn_width: {choices: ['8', 16]}}\n",
+        "params.cnn_width: '8' has the wrong type for 'cnn_width'; allowed: integer",
+    ),
+    "fixed_float_for_int_setting": (
+        "params: {cnn_width: {choices: [8]}}\nfixed: {epochs: 2.0}\n",
+        "fixed.epochs: 2.0 has the wrong type for 'epochs'; allowed: integer",
+    ),
+    "fixed_int_for_bool_setting": (
+        "params: {cnn_width: {choices: [8]}}\nfixed: {jit_compile: 1}\n",
+        "fixed.jit_compile: 1 has the wrong type for 'jit_compile'; allowed: boolean",
+    ),
+    "fixed_infinite": (
+        "params: {cnn_width: {choices: [8]}}\nfixed: {lr_max: .inf}\n",
+        "fixed.lr_max: value inf is invalid (Input should be a finite number",
+    ),
 }
 
 
@@ -248,10 +273,12 @@ def test_sweep_values_are_checked_against_the_setting_type(tmp_path, experiment,
 
 def test_well_typed_sweep_values_pass(tmp_path, experiment):
     path = tmp_path / "ok.yaml"
-    path.write_text("params:\n  lr_max: {low: 1e-4, high: 2e-3, log: true}\n  epochs: {low: 1, high: 3}\n"
-                    "  cnn_width: {choices: [8, 16]}\n  dropout: {low: 0, high: 0.5}\n"
-                    "fixed: {jit_compile: false, augment: {flip: false}}\n"
-                    "enqueue: [{lr_max: 8e-4, epochs: 2, cnn_width: 16, dropout: 0}]\n")
+    path.write_text(
+        "params:\n  lr_max: {low: 1e-4, high: 2e-3, log: true}\n  epochs: {low: 1, high: 3}\n"
+        "  cnn_width: {choices: [8, 16]}\n  dropout: {low: 0, high: 0.5}\n"
+        "fixed: {jit_compile: false, augment: {flip: false}}\n"
+        "enqueue: [{lr_max: 8e-4, epochs: 2, cnn_width: 16, dropout: 0}]\n"
+    )
     sweep = load_sweep(path, experiment)
     assert sweep.params["lr_max"].low == 1e-4  # YAML 1.2 float, not the string "1e-4"
     assert sweep.enqueue[0]["lr_max"] == 8e-4
@@ -290,19 +317,25 @@ def test_alias_bomb_in_a_sweep_file_is_refused_fast_without_memory(tmp_path):
     assert len(path.read_bytes()) < 500
     # In a child capped at 1 GiB of address space: without the guard, the error message for the
     # wrong-typed choice renders 387 million aliased strings (MemoryError past 3 GB uncapped).
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-            "from flower_exp.config import ExperimentConfig, load_sweep\nfrom flower_exp.errors import ConfigError\n"
-            "try:\n    load_sweep(sys.argv[1], ExperimentConfig())\nexcept ConfigError as exc:\n    print(exc)\n")
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from flower_exp.config import ExperimentConfig, load_sweep\nfrom flower_exp.errors import ConfigError\n"
+        "try:\n    load_sweep(sys.argv[1], ExperimentConfig())\nexcept ConfigError as exc:\n    print(exc)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert proc.stdout.strip().startswith(f"{path}: line 1: aliases expand to more than 10000 values"), proc.stdout
 
 
 YAML_GUARD_CASES = {
-    "duplicate_top_key": ("params: {lr_max: {low: 1, high: 2}}\ntrials: 3\nparams: {}\n",
-                          "line 3: duplicate key 'params' (first on line 1)"),
-    "duplicate_nested_key": ("params:\n  epochs: {low: 1, high: 2}\n  epochs: {low: 3, high: 4}\n",
-                             "line 3: duplicate key 'epochs' (first on line 2)"),
+    "duplicate_top_key": (
+        "params: {lr_max: {low: 1, high: 2}}\ntrials: 3\nparams: {}\n",
+        "line 3: duplicate key 'params' (first on line 1)",
+    ),
+    "duplicate_nested_key": (
+        "params:\n  epochs: {low: 1, high: 2}\n  epochs: {low: 3, high: 4}\n",
+        "line 3: duplicate key 'epochs' (first on line 2)",
+    ),
     "cyclic_alias": ("params: &p\n  x: *p\n", "line 2: alias *p refers to a collection that contains it"),
     "python_tag": ("trials: !!python/object/apply:os.system ['echo pwned']\n", "malformed YAML"),
 }
@@ -335,15 +368,18 @@ def test_valid_study_names(name):
     assert check_study_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["bob's", "../../etc/passwd", "a/b", ".hidden", "", "x" * 101, "two words", "naïve",
-                                  "a\nb", 'q"uote', "$(id)"])
+@pytest.mark.parametrize(
+    "name", ["bob's", "../../etc/passwd", "a/b", ".hidden", "", "x" * 101, "two words", "naïve", "a\nb", 'q"uote', "$(id)"]
+)
 def test_invalid_study_names_are_refused_naming_the_pattern(name):
     from flower_exp.config import check_study_name
 
     with pytest.raises(ConfigError) as exc:
         check_study_name(name)
-    assert str(exc.value) == (f"--study {name!r}: not a valid study name; allowed: letters, digits, '.', '_' and '-', "
-                              "not starting with '.', at most 100 characters")
+    assert str(exc.value) == (
+        f"--study {name!r}: not a valid study name; allowed: letters, digits, '.', '_' and '-', "
+        "not starting with '.', at most 100 characters"
+    )
 
 
 def test_derived_study_name_is_checked_too(tmp_path):
@@ -351,8 +387,11 @@ def test_derived_study_name_is_checked_too(tmp_path):
 
     (tmp_path / "data").mkdir()
     write_config(tmp_path, "experiments:\n  my exp: {data_dir: data, classes: [a, b]}\n")
-    with pytest.raises(ConfigError, match=r"study name of -e my exp -s demo \(choose one with --study\): 'my exp-demo': "
-                                          r"not a valid study name"):
+    with pytest.raises(
+        ConfigError,
+        match=r"study name of -e my exp -s demo \(choose one with --study\): 'my exp-demo': "
+        r"not a valid study name",
+    ):
         run_sweep(SweepOptions(config=tmp_path / "experiments.yaml"), log=lambda m: None)
     assert not (tmp_path / "mlruns").exists()
 
@@ -397,8 +436,13 @@ def test_missing_data_dir_set_on_the_command_line_exits_2_naming_it(cli, tmp_pat
 
 # ----------------------------------------------------------------- writing experiments.yaml
 
-SETTINGS = {"description": "photos", "data_dir": "data/mine", "image_size": 96, "batch_size_per_replica": 32,
-            "shuffle_buffer": 25}
+SETTINGS = {
+    "description": "photos",
+    "data_dir": "data/mine",
+    "image_size": 96,
+    "batch_size_per_replica": 32,
+    "shuffle_buffer": 25,
+}
 COMMENTED = """# my project
 default: mine   # the one I use
 experiments:

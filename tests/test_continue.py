@@ -22,8 +22,16 @@ from flower_exp.tracking import Tracker, TrackingTarget
 # ``import flower_exp.train as m`` would give the public function (see flower_exp/__init__.py).
 train_module = importlib.import_module("flower_exp.train")
 
-TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "cnn_width": 4, "cnn_depth": 2,
-        "lr_rampup_epochs": 0, "lr_sustain_epochs": 1, "early_stopping_patience": 0}
+TINY = {
+    "image_size": 32,
+    "batch_size_per_replica": 16,
+    "shuffle_buffer": 64,
+    "cnn_width": 4,
+    "cnn_depth": 2,
+    "lr_rampup_epochs": 0,
+    "lr_sustain_epochs": 1,
+    "early_stopping_patience": 0,
+}
 
 
 @pytest.fixture
@@ -34,8 +42,7 @@ def project(tmp_path, demo_root):
 
 
 def _tracker(project: Path) -> Tracker:
-    return Tracker(TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")),
-                   "tiny")
+    return Tracker(TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")), "tiny")
 
 
 def _model_file(tracker: Tracker, run_id: str, folder: Path) -> str:
@@ -75,13 +82,20 @@ def test_a_run_starts_from_the_weights_it_is_given_and_refuses_another_network(p
 def test_budgeted_sweep_continues_its_best_trials_at_the_end(project):
     import optuna
 
-    sweep = {"trials": 100, "sampler": {"name": "random", "seed": 2}, "pruner": {"name": "none"},
-             "params": {"lr_max": {"low": 1.0e-3, "high": 4.0e-3, "log": True}},
-             "fixed": {"epochs": 3}, "continue_best": {"budget_fraction": 0.6, "lr_scale": 0.5}}
+    sweep = {
+        "trials": 100,
+        "sampler": {"name": "random", "seed": 2},
+        "pruner": {"name": "none"},
+        "params": {"lr_max": {"low": 1.0e-3, "high": 4.0e-3, "log": True}},
+        "fixed": {"epochs": 3},
+        "continue_best": {"budget_fraction": 0.6, "lr_scale": 0.5},
+    }
     (project / "sweeps").mkdir()
     (project / "sweeps" / "cont.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     lines = []
-    result = run_sweep(SweepOptions(sweep="cont", config=project / "experiments.yaml", budget_min=0.5, quiet=True), log=lines.append)
+    result = run_sweep(
+        SweepOptions(sweep="cont", config=project / "experiments.yaml", budget_min=0.5, quiet=True), log=lines.append
+    )
     assert result.counts["running"] == 0 and result.counts["waiting"] == 0
 
     study = optuna.load_study(study_name=result.study_name, storage=open_storage(result.storage_url, HeartbeatConfig()))
@@ -106,4 +120,3 @@ def test_budgeted_sweep_continues_its_best_trials_at_the_end(project):
     source_run = _tracker(project).client.get_run(source.user_attrs[ATTR_RUN])
     assert float(run.data.params["lr_max"]) == pytest.approx(0.5 * float(source_run.data.params["lr_max"]))
     assert any(f"trial {first.number}: continues trial {source.number}" in line for line in lines), lines
-

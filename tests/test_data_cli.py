@@ -67,9 +67,7 @@ def test_import_folder_reports_bad_image(cli, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr and "skipped" in result.stderr
     assert (tmp_path / "ds" / "tfrecords-jpeg-32x32" / "train").is_dir()
-    assert_one_line_error(
-        cli("data", "import-folder", str(src), "--out", str(tmp_path / "ds"), "--sizes", "32"), "--force"
-    )
+    assert_one_line_error(cli("data", "import-folder", str(src), "--out", str(tmp_path / "ds"), "--sizes", "32"), "--force")
 
 
 def test_check_leakage_clean_and_leaking_extra_data(cli, tmp_path, demo_root):

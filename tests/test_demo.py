@@ -63,7 +63,11 @@ def test_layout_names_and_counts(small_demo):
 
     root, info = small_demo
     assert sorted(os.listdir(root)) == [
-        "classes.txt", "demo.json", "test_labels.csv", "tfrecords-jpeg-32x32", "tfrecords-jpeg-48x48",
+        "classes.txt",
+        "demo.json",
+        "test_labels.csv",
+        "tfrecords-jpeg-32x32",
+        "tfrecords-jpeg-48x48",
     ]
     assert os.listdir(Path(root).parent) == ["data"], "temporary folder left behind"
     assert info.sizes == [32, 48]

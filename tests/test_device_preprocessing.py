@@ -38,9 +38,20 @@ def test_layer_normalises_always_and_augments_only_in_training():
 
 @pytest.fixture
 def project(tmp_path, demo_root):
-    exp = {"data_dir": demo_root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "epochs": 2,
-           "architecture": "cnn", "cnn_width": 8, "cnn_depth": 2, "lr_rampup_epochs": 0, "lr_sustain_epochs": 1,
-           "lr_max": 3e-3, "augment": {"runs_on": "device"}}
+    exp = {
+        "data_dir": demo_root,
+        "image_size": 32,
+        "batch_size_per_replica": 16,
+        "shuffle_buffer": 64,
+        "epochs": 2,
+        "architecture": "cnn",
+        "cnn_width": 8,
+        "cnn_depth": 2,
+        "lr_rampup_epochs": 0,
+        "lr_sustain_epochs": 1,
+        "lr_max": 3e-3,
+        "augment": {"runs_on": "device"},
+    }
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"default": "tiny", "experiments": {"tiny": exp}}))
     (tmp_path / "mlruns").mkdir()
     return tmp_path
@@ -52,7 +63,9 @@ def test_run_with_device_preprocessing_saves_the_plain_network(project):
     from flower_exp.models import load_model
     from flower_exp.train import run
 
-    tracker = Tracker(TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")), "tiny")
+    tracker = Tracker(
+        TrackingTarget(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", str(project / "mlruns" / "artifacts")), "tiny"
+    )
     result = run(load_experiment(config=project), tracker=tracker, progress=None)
     assert result.state == "finished"
     params = tracker.client.get_run(result.run_id).data.params
@@ -63,8 +76,9 @@ def test_run_with_device_preprocessing_saves_the_plain_network(project):
     # The saved model is the network alone: normalised float input, as export and predict feed it.
     model = load_model(str(local / "model" / "model.keras"))
     assert model.input_shape == (None, 32, 32, 3) and "device_preprocessing" not in [layer.name for layer in model.layers]
-    val = make_dataset(str(Path(load_experiment(config=project).data_dir)), "val", image_size=32, batch_size=16,
-                       normalization="unit")
+    val = make_dataset(
+        str(Path(load_experiment(config=project).data_dir)), "val", image_size=32, batch_size=16, normalization="unit"
+    )
     np.testing.assert_allclose(model.predict(val.map(lambda x, y: x), verbose=0), stored["probs"], atol=1e-4)
 
 

@@ -339,7 +339,9 @@ def test_evaluate_scores_on_held_out_data_only():
 
     report = evaluate(
         [MemberProbs("memo", ids, labels, memo), MemberProbs("honest", ids, labels, honest)],
-        method="optuna", trials=30, seed=seed,
+        method="optuna",
+        trials=30,
+        seed=seed,
     )
     first, second = report.halves
     assert (first["fit_size"], first["holdout_size"]) == (len(half_a), len(half_b))
@@ -347,13 +349,10 @@ def test_evaluate_scores_on_held_out_data_only():
     assert first["best_single_score"] == macro_f1(memo[half_b], labels[half_b], C)  # ...scored on B
     assert first["best_single_score"] < 0.3
     assert first["ensemble_score"] < 0.5
-    assert first["ensemble_score"] == macro_f1(combine(np.stack([memo, honest])[:, half_b], first["weights"]),
-                                               labels[half_b], C)
+    assert first["ensemble_score"] == macro_f1(combine(np.stack([memo, honest])[:, half_b], first["weights"]), labels[half_b], C)
     assert second["best_single_name"] == "honest"
     assert report.holdout_best_single == pytest.approx((first["best_single_score"] + second["best_single_score"]) / 2)
-    assert report.holdout_members["memo"] == pytest.approx(
-        (macro_f1(memo[half_b], labels[half_b], C) + 1.0) / 2
-    )
+    assert report.holdout_members["memo"] == pytest.approx((macro_f1(memo[half_b], labels[half_b], C) + 1.0) / 2)
     assert report.holdout_ensemble == pytest.approx((first["ensemble_score"] + second["ensemble_score"]) / 2)
     assert {r["phase"] for r in report.search_trials} == {"half_a", "half_b", "final"}
     assert len(report.search_trials) == 90
@@ -388,7 +387,10 @@ def test_evaluate_complementary_members_win(method):
     perm = np.random.default_rng(2).permutation(len(labels))
     report = evaluate(
         [MemberProbs("a", ids, labels, a), MemberProbs("b", ids[perm], labels[perm], b[perm])],
-        method=method, trials=25, seed=1, num_classes=C,
+        method=method,
+        trials=25,
+        seed=1,
+        num_classes=C,
     )
     assert isinstance(report, EnsembleReport)
     assert report.ensemble_wins is True
@@ -447,8 +449,9 @@ def test_evaluate_restores_optuna_logging():
     try:
         labels = balanced_labels(4)
         ids = make_ids(len(labels))
-        evaluate([MemberProbs("a", ids, labels, confident(labels)), MemberProbs("b", ids, labels, noise(len(labels), 1))],
-                 trials=5)
+        evaluate(
+            [MemberProbs("a", ids, labels, confident(labels)), MemberProbs("b", ids, labels, noise(len(labels), 1))], trials=5
+        )
         assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
     finally:
         optuna.logging.set_verbosity(before)

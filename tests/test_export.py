@@ -101,9 +101,16 @@ def leftovers(parent: Path, name: str) -> list[str]:
 def test_layout_and_ensemble_json(exported):
     files = sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file())
     assert files == [
-        "MLmodel", "README.md", "conda.yaml", "ensemble.json", "ensemble_pyfunc.py",
-        "members/runa.keras", "members/runb.keras", "members/rune.keras",
-        "python_env.yaml", "requirements.txt",
+        "MLmodel",
+        "README.md",
+        "conda.yaml",
+        "ensemble.json",
+        "ensemble_pyfunc.py",
+        "members/runa.keras",
+        "members/runb.keras",
+        "members/rune.keras",
+        "python_env.yaml",
+        "requirements.txt",
     ]
     assert leftovers(exported.parent, exported.name) == []
 
@@ -112,8 +119,13 @@ def test_layout_and_ensemble_json(exported):
     assert doc["class_names"] == CLASSES
     assert [m["run_id"] for m in doc["members"]] == ["runa", "runb", "rune"]
     assert doc["members"][0] == {
-        "run_id": "runa", "architecture": "cnn", "image_size": 32, "normalization": "unit", "weight": 0.5,
-        "path": "members/runa.keras", "scores": {"val_macro_f1": 0.7, "holdout_macro_f1": 0.7},
+        "run_id": "runa",
+        "architecture": "cnn",
+        "image_size": 32,
+        "normalization": "unit",
+        "weight": 0.5,
+        "path": "members/runa.keras",
+        "scores": {"val_macro_f1": 0.7, "holdout_macro_f1": 0.7},
     }
     assert doc["members"][2]["normalization"] == "torch"
     assert doc["members"][2]["scores"]["holdout_macro_f1"] is None  # NaN is not JSON
@@ -151,7 +163,9 @@ def test_round_trip_equals_in_memory_weighted_average(exported, member_models):
     ens = load_export(str(exported))
     assert ens.class_names == CLASSES
     assert [(m.run_id, m.image_size, m.normalization) for m in ens.members] == [
-        ("runa", 32, "unit"), ("runb", 64, "unit"), ("rune", 32, "torch")
+        ("runa", 32, "unit"),
+        ("runb", 64, "unit"),
+        ("rune", 32, "torch"),
     ]
     assert ens.info["experiment"] == "demo"
     rng = np.random.default_rng(1)
@@ -256,7 +270,9 @@ def test_served_export_answers_base64_requests_on_loopback(exported, image_files
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen(
         [mlflow_bin, "models", "serve", "-m", str(exported), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         # The server execs `uvicorn` from PATH, as in an activated virtual environment.
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
@@ -288,8 +304,7 @@ def test_served_export_answers_base64_requests_on_loopback(exported, image_files
         assert row["label"] == expected.top[0][0] and row["probability"] == pytest.approx(expected.top[0][1], abs=1e-5)
         # A non-image and an oversized payload: 400 with the reason, no stack trace.
         too_big = "A" * (4 * (MAX_BYTES // 3) + 8)
-        for rows, reason in (([base64.b64encode(b"not an image").decode()], "not an image"),
-                             ([too_big], "above the limit")):
+        for rows, reason in (([base64.b64encode(b"not an image").decode()], "not an image"), ([too_big], "above the limit")):
             status, answer = post(rows)
             assert status == 400, answer
             assert answer["error_code"] == "INVALID_PARAMETER_VALUE" and reason in answer["message"]
@@ -314,8 +329,18 @@ def test_register_in_sqlite_store(member_models, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     out = tmp_path / "exports" / "reg"
     members = export_members(member_models, {"runa": 0.6, "runb": 0.4})
-    write_export(str(out), members=members, class_names=CLASSES, info={"experiment": "demo"}, register_name="flowers", tracking_uri=uri)
-    write_export(str(out), members=members, class_names=CLASSES, info={"experiment": "demo"}, force=True, register_name="flowers", tracking_uri=uri)
+    write_export(
+        str(out), members=members, class_names=CLASSES, info={"experiment": "demo"}, register_name="flowers", tracking_uri=uri
+    )
+    write_export(
+        str(out),
+        members=members,
+        class_names=CLASSES,
+        info={"experiment": "demo"},
+        force=True,
+        register_name="flowers",
+        tracking_uri=uri,
+    )
 
     client = MlflowClient(tracking_uri=uri)
     versions = sorted(int(v.version) for v in client.search_model_versions("name='flowers'"))
@@ -368,7 +393,9 @@ def test_file_target_refused_even_with_force(member_models, tmp_path):
     target.write_text("keep me")
     for force in (False, True):
         with pytest.raises(FlowerExpError, match="exists and is not a folder"):
-            write_export(str(target), members=export_members(member_models, {"runa": 1.0}), class_names=CLASSES, info={}, force=force)
+            write_export(
+                str(target), members=export_members(member_models, {"runa": 1.0}), class_names=CLASSES, info={}, force=force
+            )
     assert target.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
 
@@ -390,7 +417,9 @@ def test_failure_mid_write_leaves_nothing(member_models, tmp_path, monkeypatch, 
 
     monkeypatch.setattr(shutil, "copy2", failing_copy2)
     with pytest.raises(FlowerExpError, match="No space left on device"):
-        write_export(str(out), members=export_members(member_models, {"runa": 0.5, "runb": 0.5}), class_names=CLASSES, info={}, force=force)
+        write_export(
+            str(out), members=export_members(member_models, {"runa": 0.5, "runb": 0.5}), class_names=CLASSES, info={}, force=force
+        )
     assert len(copied) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == (["exp"] if force else [])
     if force:  # the previous export is untouched
@@ -453,7 +482,10 @@ def test_other_bad_inputs_refused(member_models, tmp_path):
     one = export_members(member_models, {"runa": 1.0})
     cases = [
         (dict(members=[], class_names=CLASSES, info={}), "at least one member"),
-        (dict(members=one, class_names=CLASSES, info={"colour": "red"}), r"info key\(s\) \['colour'\] are not part of ensemble.json"),
+        (
+            dict(members=one, class_names=CLASSES, info={"colour": "red"}),
+            r"info key\(s\) \['colour'\] are not part of ensemble.json",
+        ),
         (dict(members=one, class_names=CLASSES, info={"members": []}), "written by flower-exp itself"),
         (dict(members=one, class_names=["a", "a", "b", "c"], info={}), "class_names must be unique"),
         (dict(members=one, class_names=CLASSES[:3], info={}), "model outputs 4 classes but ensemble.json lists 3"),

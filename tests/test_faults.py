@@ -415,8 +415,9 @@ def _study_in_parts(path: Path, cfg: SamplerConfig, parts: list[int], space: dic
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = JournalStorage(JournalFileBackend(str(path)))
     for n in parts:
-        study = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(cfg, space),
-                                    direction="maximize", load_if_exists=True)
+        study = optuna.create_study(
+            study_name="s", storage=storage, sampler=make_sampler(cfg, space), direction="maximize", load_if_exists=True
+        )
         study.optimize(lambda trial: sum(map(float, suggest(trial, space, {}).values())), n_trials=n)
     return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
 
@@ -438,8 +439,12 @@ def test_two_workers_on_one_study_draw_different_params(tmp_path, name):
 
     cfg = SamplerConfig(name=name, seed=3, n_startup_trials=2)
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "journal.log")))
-    workers = [optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(cfg, SAMPLED),
-                                   direction="maximize", load_if_exists=True) for _ in range(2)]
+    workers = [
+        optuna.create_study(
+            study_name="s", storage=storage, sampler=make_sampler(cfg, SAMPLED), direction="maximize", load_if_exists=True
+        )
+        for _ in range(2)
+    ]
     for _round in range(3):
         asked = [(study, study.ask()) for study in workers]
         for study, trial in asked:
@@ -462,9 +467,24 @@ def test_a_resumed_grid_visits_every_point_once(tmp_path):
 def test_soak_script_smoke(tmp_path):
     summary_path = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "soak.py"), "--minutes", "0.3", "--kill-every", "6",
-         "--epochs", "3", "--seed", "3", "--json", str(summary_path)],
-        capture_output=True, text=True, timeout=600, env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        [
+            sys.executable,
+            str(REPO / "scripts" / "soak.py"),
+            "--minutes",
+            "0.3",
+            "--kill-every",
+            "6",
+            "--epochs",
+            "3",
+            "--seed",
+            "3",
+            "--json",
+            str(summary_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(summary_path.read_text())

@@ -39,8 +39,15 @@ SWEEP = {
     },
     "fixed": {"epochs": 3, "cnn_depth": 2},
 }
-TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "lr_rampup_epochs": 0,
-        "lr_sustain_epochs": 1, "cnn_depth": 2, "epochs": 2}
+TINY = {
+    "image_size": 32,
+    "batch_size_per_replica": 16,
+    "shuffle_buffer": 64,
+    "lr_rampup_epochs": 0,
+    "lr_sustain_epochs": 1,
+    "cnn_depth": 2,
+    "epochs": 2,
+}
 
 
 @pytest.fixture
@@ -99,7 +106,9 @@ def assert_last_line_error(stderr: str, returncode: int, *fragments: str) -> str
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("GCS_DS_PATH", "MLFLOW_TRACKING_URI") and not k.startswith("MLFLOW_HTTP")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GCS_DS_PATH", "MLFLOW_TRACKING_URI") and not k.startswith("MLFLOW_HTTP")
+    }
     env.update({"TF_CPP_MIN_LOG_LEVEL": "3", "COLUMNS": "200", **extra})
     return env
 
@@ -129,8 +138,9 @@ def _tmpfs_or_read_only(folder: Path, mount_options: str, cannot_mount: str):
 def full_or_unwritable(folder: Path):
     """``folder`` on a real full filesystem (a tmpfs filled up; needs root) or, without root,
     made read-only. Yields the errno writes will fail with."""
-    with _tmpfs_or_read_only(folder, "size=256k", "cannot mount a tmpfs here (root without CAP_SYS_ADMIN) and "
-                             "root ignores permissions") as mounted:
+    with _tmpfs_or_read_only(
+        folder, "size=256k", "cannot mount a tmpfs here (root without CAP_SYS_ADMIN) and root ignores permissions"
+    ) as mounted:
         if not mounted:
             yield errno.EACCES
             return
@@ -209,7 +219,9 @@ def test_unreachable_tracking_server_at_start_fails_fast(cli, project):
     url = f"http://127.0.0.1:{servers.free_port()}"
     # MLflow's own retries (7, ~2 minutes) are left on: the check must not wait for them
     # (the timeout is a safety net, not the assertion).
-    result = cli("sweep", "-s", "tiny", "--tracking-uri", url, cwd=project, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"}, timeout=110)
+    result = cli(
+        "sweep", "-s", "tiny", "--tracking-uri", url, cwd=project, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"}, timeout=110
+    )
     assert_one_line_error(result, f"MLflow tracking server {url}: unreachable", "Connection refused")
     assert not (project / "mlruns" / "mlflow.db").exists()
 
@@ -289,7 +301,9 @@ def test_memory_estimate_scales_with_pixels_and_batch(project, monkeypatch):
     monkeypatch.setattr(memory_estimate, "available_memory", lambda: ("host RAM", 10 * 2**30))
     exp = load_experiment(config=project, overrides=["image_size=32"])
     small = memory_estimate.estimate_training_memory(exp.config, 4)
-    big = memory_estimate.estimate_training_memory(exp.config.model_copy(update={"image_size": 64, "batch_size_per_replica": 32}), 4)
+    big = memory_estimate.estimate_training_memory(
+        exp.config.model_copy(update={"image_size": 64, "batch_size_per_replica": 32}), 4
+    )
     # Activations dominate a tiny CNN: 4x the pixels and 2x the batch need close to 8x.
     assert 6 * small.needed < big.needed < 8.5 * small.needed
     assert small.available == 10 * 2**30 and small.device == "host RAM"
@@ -340,10 +354,17 @@ def test_sweep_refused_and_oom_trials_fail_and_the_sweep_continues(project, monk
         return real_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "fit", fit_oom_once)
-    sweep = {**SWEEP, "trials": 3, "fixed": {"epochs": 1, "cnn_depth": 2},
-             "params": {**SWEEP["params"], "batch_size_per_replica": {"choices": [16, HUGE_BATCH]}},
-             "enqueue": [{"batch_size_per_replica": HUGE_BATCH}, {"batch_size_per_replica": 16},
-                             {"batch_size_per_replica": 16, "cnn_width": 4}]}  # the third trains (not left to a draw)
+    sweep = {
+        **SWEEP,
+        "trials": 3,
+        "fixed": {"epochs": 1, "cnn_depth": 2},
+        "params": {**SWEEP["params"], "batch_size_per_replica": {"choices": [16, HUGE_BATCH]}},
+        "enqueue": [
+            {"batch_size_per_replica": HUGE_BATCH},
+            {"batch_size_per_replica": 16},
+            {"batch_size_per_replica": 16, "cnn_width": 4},
+        ],
+    }  # the third trains (not left to a draw)
     write_sweep(project, sweep)
     run_sweep(SweepOptions(sweep="tiny", config=project / "experiments.yaml", quiet=True), log=lambda m: None)
 
@@ -367,8 +388,14 @@ def test_sweep_refused_and_oom_trials_fail_and_the_sweep_continues(project, monk
 def test_http_retries_are_bounded_unless_the_user_set_them(monkeypatch):
     from flower_exp.tracking import bound_http_retries
 
-    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-                 "FLOWER_EXP_TRACKING_RETRIES", "FLOWER_EXP_TRACKING_BACKOFF_FACTOR", "FLOWER_EXP_TRACKING_TIMEOUT_S"):
+    for name in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "FLOWER_EXP_TRACKING_RETRIES",
+        "FLOWER_EXP_TRACKING_BACKOFF_FACTOR",
+        "FLOWER_EXP_TRACKING_TIMEOUT_S",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FLOWER_EXP_TRACKING_TIMEOUT_S", "9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "3")  # the user's own setting wins

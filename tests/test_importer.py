@@ -226,7 +226,11 @@ def test_bad_images_reported_and_rest_imported(src, tmp_path):
 
     report = import_folder(str(src), str(tmp_path / "out"), sizes=(32,))
     reasons = dict(line.split(": ", 1) for line in report.skipped)
-    assert set(reasons) == {str(src / "daisy" / "text.jpg"), str(src / "rose" / "truncated.jpg"), str(src / "tulip" / "empty.png")}
+    assert set(reasons) == {
+        str(src / "daisy" / "text.jpg"),
+        str(src / "rose" / "truncated.jpg"),
+        str(src / "tulip" / "empty.png"),
+    }
     assert "not an image" in reasons[str(src / "daisy" / "text.jpg")]
     assert "unreadable" in reasons[str(src / "rose" / "truncated.jpg")]
     assert sum(report.counts.values()) == len(CLASSES) * PER_CLASS
@@ -264,8 +268,12 @@ def test_duplicates_collapsed(src, tmp_path):
     assert len(report.duplicates) == 6
     joined = "\n".join(report.duplicates)
     assert "copy4.jpg" in joined and "stray.jpg" in joined and "kept in 'daisy'" in joined
-    ids = [rec.id for split in report.counts for f in records.shard_files(str(tmp_path / "out"), 32, split)
-           for _, rec in records.iter_shard(f)]
+    ids = [
+        rec.id
+        for split in report.counts
+        for f in records.shard_files(str(tmp_path / "out"), 32, split)
+        for _, rec in records.iter_shard(f)
+    ]
     assert len(ids) == len(set(ids))
 
 
@@ -361,9 +369,13 @@ def test_import_experiment_adds_a_ready_experiment_and_replaces_it_only_with_for
     monkeypatch.chdir(project)
     added = import_experiment(str(src), "mine", sizes=[32], shards=1)
     assert added.config_path == project / "experiments.yaml"
-    assert added.settings == {"description": "3 classes of photos imported by flower-exp data import-folder",
-                              "data_dir": "data/mine", "image_size": 32, "batch_size_per_replica": 32,
-                              "shuffle_buffer": added.report.counts["train"]}
+    assert added.settings == {
+        "description": "3 classes of photos imported by flower-exp data import-folder",
+        "data_dir": "data/mine",
+        "image_size": 32,
+        "batch_size_per_replica": 32,
+        "shuffle_buffer": added.report.counts["train"],
+    }
     exp = load_experiment("mine")
     assert exp.data_dir == str(project / "data" / "mine") and exp.config.generate is None
     assert (project / "data" / "mine" / "classes.txt").read_text().split() == CLASSES

@@ -42,8 +42,12 @@ def _plain_study(path: Path, trials: int = 3):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(study_name=STUDY, storage=JournalStorage(JournalFileBackend(str(path))),
-                                direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=JournalStorage(JournalFileBackend(str(path))),
+        direction="maximize",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
     # As a sweep leaves it: a later sweep on it need not wait for a parent run to appear.
     study.set_user_attr(ATTR_PARENT, "0" * 32)
     study.optimize(_objective, n_trials=trials)
@@ -290,8 +294,10 @@ def test_cli_status_then_sweep_on_a_torn_journal(cli, project, torn):
 BAD_STORAGE = {
     "random bytes": (lambda folder: _write(folder / "noise.log", os.urandom(2000)), "not an Optuna journal file"),
     "a directory": (lambda folder: folder, "is a directory"),
-    "a damaged journal": (lambda folder: _write(folder / "j.log", b'{"op_code":0,"worker_id":"w"}\nnot json\n'),
-                          "damaged Optuna journal (line 2: not JSON)"),
+    "a damaged journal": (
+        lambda folder: _write(folder / "j.log", b'{"op_code":0,"worker_id":"w"}\nnot json\n'),
+        "damaged Optuna journal (line 2: not JSON)",
+    ),
 }
 
 

@@ -122,7 +122,10 @@ def test_near_pairs_matches_brute_force_across_chunks(monkeypatch):
 
 def test_near_pairs_fast_at_competition_scale():
     rng = np.random.default_rng(1)
-    a = [HashedImage("main", "train", "s", i, str(i), int(h)) for i, h in enumerate(rng.integers(0, 2**63, 13_000, dtype=np.uint64))]
+    a = [
+        HashedImage("main", "train", "s", i, str(i), int(h))
+        for i, h in enumerate(rng.integers(0, 2**63, 13_000, dtype=np.uint64))
+    ]
     b = [HashedImage("main", "val", "s", i, str(i), int(h)) for i, h in enumerate(rng.integers(0, 2**63, 7_000, dtype=np.uint64))]
     start = time.perf_counter()
     pairs = near_pairs(a, b, 6)
@@ -182,9 +185,7 @@ def test_extra_source_leaking_into_test_is_refused(clean, extra_with_test_image,
     assert [(p.a.id, p.b.id) for p in report.extra_pairs] == [("copied", "img000200")]
 
     # leaks inside the main data are returned, not fatal
-    leaky_root = write_root(
-        tmp_path / "l", {"train": recs(range(0, 6)), "val": recs([3, 50])}
-    )
+    leaky_root = write_root(tmp_path / "l", {"train": recs(range(0, 6)), "val": recs([3, 50])})
     report = ensure_no_leakage(leaky_root, size=64, extra=[], max_distance=6, cache_dir=None)
     assert report.by_kind() == {"train~val": 1}
 

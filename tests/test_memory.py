@@ -33,8 +33,14 @@ def live_func_graphs() -> list[str]:
 
 
 def test_trials_in_one_worker_leave_no_graphs_behind(tmp_path, demo_root, caplog):
-    tiny = {"data_dir": demo_root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64,
-            "lr_rampup_epochs": 0, "lr_sustain_epochs": 1}
+    tiny = {
+        "data_dir": demo_root,
+        "image_size": 32,
+        "batch_size_per_replica": 16,
+        "shuffle_buffer": 64,
+        "lr_rampup_epochs": 0,
+        "lr_sustain_epochs": 1,
+    }
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"default": "tiny", "experiments": {"tiny": tiny}}))
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "mem.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
@@ -47,8 +53,9 @@ def test_trials_in_one_worker_leave_no_graphs_behind(tmp_path, demo_root, caplog
             after_trial.append(live_func_graphs())
 
     with caplog.at_level(logging.WARNING, logger="tensorflow"):
-        result = run_sweep(SweepOptions(sweep="mem", config=tmp_path / "experiments.yaml", quiet=True), log=lambda _m: None,
-                           on_event=on_event)
+        result = run_sweep(
+            SweepOptions(sweep="mem", config=tmp_path / "experiments.yaml", quiet=True), log=lambda _m: None, on_event=on_event
+        )
     assert result.counts["complete"] == TRIALS and len(after_trial) == TRIALS
     # Each trial's new model traces its step functions afresh; TensorFlow's retracing detector
     # counts those across trials (same code object) and would warn from the third trial on.

@@ -19,7 +19,7 @@ def test_streaming_macro_f1_matches_all_at_once(classes, rows, batch):
     probs[labels == 0] = np.eye(classes, dtype=np.float32)[1]
     metric = MacroF1(classes)
     for start in range(0, rows, batch):
-        metric.update_state(labels[start:start + batch, None], probs[start:start + batch])
+        metric.update_state(labels[start : start + batch, None], probs[start : start + batch])
     assert float(metric.result()) == pytest.approx(macro_f1(probs, labels, classes), abs=1e-6)
     metric.reset_state()
     assert float(metric.result()) == 0.0

@@ -18,8 +18,16 @@ from flower_exp.strategy import precision_policy
 
 def test_registry_names_and_unknown():
     names = models.list_models()
-    for name in ["cnn", "densenet121", "densenet169", "densenet201", "efficientnet_b0", "efficientnet_b7",
-                 "efficientnet_ns_b0", "efficientnet_ns_b7"]:
+    for name in [
+        "cnn",
+        "densenet121",
+        "densenet169",
+        "densenet201",
+        "efficientnet_b0",
+        "efficientnet_b7",
+        "efficientnet_ns_b0",
+        "efficientnet_ns_b7",
+    ]:
         assert name in names
     with pytest.raises(FlowerExpError, match=r"architecture 'resnet': unknown; allowed: cnn, densenet121"):
         models.create_model("resnet", num_classes=3, image_size=32)
@@ -51,8 +59,15 @@ def test_weights_errors():
         models.create_model("cnn", num_classes=3, image_size=32, cnn_width=0)
 
 
-@pytest.mark.parametrize("name,weights", [("densenet121", "imagenet"), ("efficientnet_b0", "imagenet"),
-                                          ("efficientnet_ns_b0", "imagenet"), ("efficientnet_ns_b0", "noisy-student")])
+@pytest.mark.parametrize(
+    "name,weights",
+    [
+        ("densenet121", "imagenet"),
+        ("efficientnet_b0", "imagenet"),
+        ("efficientnet_ns_b0", "imagenet"),
+        ("efficientnet_ns_b0", "noisy-student"),
+    ],
+)
 def test_offline_pretrained_weights_fail_with_one_line(monkeypatch, tmp_path, name, weights):
     from urllib.error import URLError
 
@@ -76,8 +91,10 @@ def test_offline_pretrained_weights_fail_with_one_line(monkeypatch, tmp_path, na
     # ones the installed keras.applications / efficientnet package download.
     file, url = models.weights_file(models.get_spec(name), weights)
     assert fetched == [(url, file)]
-    assert (f"put {file} in one of weights_dir (not set), $FLOWER_EXP_WEIGHTS (not set), Keras cache "
-            f"({tmp_path / 'models'}) or set weights: /path/to/{file}") in message
+    assert (
+        f"put {file} in one of weights_dir (not set), $FLOWER_EXP_WEIGHTS (not set), Keras cache "
+        f"({tmp_path / 'models'}) or set weights: /path/to/{file}"
+    ) in message
 
 
 def test_weights_are_looked_up_in_order_and_used_without_download(monkeypatch, tmp_path):
@@ -117,7 +134,9 @@ def test_local_weights_file_loads(tmp_path):
     for a, b in zip(base.get_weights(), loaded):
         np.testing.assert_array_equal(a, b)
     other = tmp_path / "cnn.weights.h5"
-    models.create_model("cnn", num_classes=3, image_size=32, cnn_width=4, cnn_depth=1).get_layer("cnn_base").save_weights(str(other))
+    models.create_model("cnn", num_classes=3, image_size=32, cnn_width=4, cnn_depth=1).get_layer("cnn_base").save_weights(
+        str(other)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(FlowerExpError) as exc:
@@ -141,7 +160,7 @@ def test_efficientnet_package_model_reloads_in_fresh_process(tmp_path):
         import numpy as np
         from flower_exp.models import load_model
         m = load_model({str(path)!r})
-        np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))
+        np.save({str(tmp_path / "y.npy")!r}, m.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -137,8 +137,7 @@ def test_existing_experiment_is_not_replaced_without_force(cli, photos, tmp_path
     project.mkdir()
     # No experiments.yaml here yet: the packaged copy it would start from has a `demo`.
     result = cli("data", "import-folder", str(photos), "--experiment", "demo", cwd=project)
-    assert_one_line_error(result, f"{project / 'experiments.yaml'}: experiments.demo: already exists (in the packaged",
-                          "--force")
+    assert_one_line_error(result, f"{project / 'experiments.yaml'}: experiments.demo: already exists (in the packaged", "--force")
     assert list(project.iterdir()) == []
 
 

@@ -273,8 +273,9 @@ def test_normalize_function_exact():
 def test_val_and_test_never_augmented(data):
     cfg = AugmentConfig(enabled=True, crop_scale=0.5, brightness=0.5, contrast=0.5)
     for split in ("val", "test"):
-        ds = make_dataset(data.root, split, image_size=32, batch_size=4, normalization="raw",
-                          augment_cfg=cfg, seed=1, with_ids=True)
+        ds = make_dataset(
+            data.root, split, image_size=32, batch_size=4, normalization="raw", augment_cfg=cfg, seed=1, with_ids=True
+        )
         first, second = unbatched(ds), unbatched(ds)
         np.testing.assert_array_equal(first[0], second[0])
         stored = by_id(data.written[32][split])
@@ -284,8 +285,9 @@ def test_val_and_test_never_augmented(data):
 
 @pytest.mark.parametrize("cfg", [None, AugmentConfig(enabled=False)], ids=["none", "disabled"])
 def test_train_without_augmentation_equals_plain_decode(data, cfg):
-    ds = make_dataset(data.root, "train", image_size=32, batch_size=5, normalization="raw",
-                      augment_cfg=cfg, repeat=False, with_ids=True, seed=3)
+    ds = make_dataset(
+        data.root, "train", image_size=32, batch_size=5, normalization="raw", augment_cfg=cfg, repeat=False, with_ids=True, seed=3
+    )
     images, labels, ids = unbatched(ds)
     stored = by_id(data.written[32]["train"])
     assert sorted(ids) == sorted(stored)  # every record exactly once per epoch
@@ -295,8 +297,17 @@ def test_train_without_augmentation_equals_plain_decode(data, cfg):
 
 
 def test_train_augmentation_changes_images(data):
-    ds = make_dataset(data.root, "train", image_size=32, batch_size=4, normalization="raw",
-                      augment_cfg=AugmentConfig(), repeat=False, with_ids=True, seed=5)
+    ds = make_dataset(
+        data.root,
+        "train",
+        image_size=32,
+        batch_size=4,
+        normalization="raw",
+        augment_cfg=AugmentConfig(),
+        repeat=False,
+        with_ids=True,
+        seed=5,
+    )
     images, labels, ids = unbatched(ds)
     stored = by_id(data.written[32]["train"])
     assert sorted(ids) == sorted(stored)
@@ -335,8 +346,10 @@ def test_augment_parts():
         assert np.ptp(s[inside]) < 1e-3 and abs(s[inside][0]) <= 0.2 * 255 + 1e-3
 
 
-@pytest.mark.parametrize("cfg", [AugmentConfig(), AugmentConfig(crop_scale=0.5, brightness=0.0, contrast=0.0),
-                                 AugmentConfig(flip=False, crop_scale=0.7)])
+@pytest.mark.parametrize(
+    "cfg",
+    [AugmentConfig(), AugmentConfig(crop_scale=0.5, brightness=0.0, contrast=0.0), AugmentConfig(flip=False, crop_scale=0.7)],
+)
 def test_matmul_resampling_equals_crop_and_resize_and_compiles_with_xla(cfg):
     batch = tf.constant(np.random.default_rng(2).integers(0, 256, (6, 29, 29, 3)), tf.uint8)
     reference = pipeline.augment(batch, cfg, seed=5).numpy()
@@ -352,8 +365,9 @@ def test_matmul_resampling_equals_crop_and_resize_and_compiles_with_xla(cfg):
 
 
 def test_normalization_none_ships_uint8(data):
-    images, _labels = next(iter(make_dataset(data.root, "train", image_size=32, batch_size=4, normalization="none",
-                                             augment_cfg=None, seed=0)))
+    images, _labels = next(
+        iter(make_dataset(data.root, "train", image_size=32, batch_size=4, normalization="none", augment_cfg=None, seed=0))
+    )
     assert images.dtype == tf.uint8 and images.shape == (4, 32, 32, 3)
 
 
@@ -382,8 +396,11 @@ def test_train_plus_val_has_both(data):
 
 def test_extra_source_feeds_training_only(data):
     extra = [DataSource(data.extra)]
-    images, _, ids = unbatched(make_dataset(data.root, "train", image_size=32, batch_size=4, repeat=False,
-                                            with_ids=True, extra=extra, normalization="raw"))
+    images, _, ids = unbatched(
+        make_dataset(
+            data.root, "train", image_size=32, batch_size=4, repeat=False, with_ids=True, extra=extra, normalization="raw"
+        )
+    )
     extra_recs = by_id(data.extra_written[64]["train"])
     assert len(ids) == 16 and set(extra_recs) <= set(ids)
     for image, rid in zip(images, ids):
@@ -404,8 +421,7 @@ def test_val_cache_iterates_identically(data):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
     # A cached training split still yields every record once per pass.
-    train = make_dataset(data.root, "train", image_size=32, batch_size=4, repeat=False, cache=True, with_ids=True,
-                         seed=2)
+    train = make_dataset(data.root, "train", image_size=32, batch_size=4, repeat=False, cache=True, with_ids=True, seed=2)
     assert sorted(unbatched(train)[2]) == sorted(unbatched(train)[2]) == sorted(by_id(data.written[32]["train"]))
 
 
@@ -481,9 +497,7 @@ def fresh_cache():
 
 def rewrite_val(root: str, colour_of_label) -> None:
     """Overwrite the val shards in place (same names) with other colours."""
-    recs = [
-        records.Record(image=make_jpeg(32, colour_of_label(i % 3), i), id=f"v{i:08d}", label=i % 3) for i in range(6)
-    ]
+    recs = [records.Record(image=make_jpeg(32, colour_of_label(i % 3), i), id=f"v{i:08d}", label=i % 3) for i in range(6)]
     records.write_split(root, 32, "val", recs, SHARDS["val"])
 
 

@@ -203,7 +203,15 @@ def test_predict_files_bad_items_do_not_stop_the_rest(ens, tmp_path):
     png.write_bytes(jpeg_bytes(40, 40, seed=2, fmt="PNG"))
     text = tmp_path / "notes.jpg"
     text.write_text("this is text, not a JPEG")
-    sources = [str(good), str(text), str(tmp_path / "missing.jpg"), str(tmp_path), "ftp://127.0.0.1/x.jpg", "file:///etc/passwd", str(png)]
+    sources = [
+        str(good),
+        str(text),
+        str(tmp_path / "missing.jpg"),
+        str(tmp_path),
+        "ftp://127.0.0.1/x.jpg",
+        "file:///etc/passwd",
+        str(png),
+    ]
     results = predict_sources(ens, sources, top=3)
     assert [r.source for r in results] == sources
     errors = [r.error for r in results]
@@ -324,7 +332,6 @@ class _Handler(QuietHandler):
         else:
             self.reply(404, b"not found", "text/plain")
 
-
     def drip(self, data: bytes) -> None:
         """``data`` a byte every 0.5 s (30 s at most: a regressed client fails, it does not hang)."""
         for byte in data:
@@ -435,7 +442,9 @@ def test_predict_test_writes_submission_and_scores(ens, demo_root, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["submission.csv"]  # no temp file left
 
     # Same predictions as batch size 64 with TTA on; an explicit labels file; no labels.
-    path2, score2 = predict_test(ens, demo_root, str(tmp_path / "tta.csv"), tta=True, labels_csv=str(Path(demo_root) / "test_labels.csv"))
+    path2, score2 = predict_test(
+        ens, demo_root, str(tmp_path / "tta.csv"), tta=True, labels_csv=str(Path(demo_root) / "test_labels.csv")
+    )
     assert 0.0 <= score2 <= 1.0
     bad_labels = tmp_path / "labels.csv"
     bad_labels.write_text("id,label\nnot-an-id,0\n")

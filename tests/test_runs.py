@@ -15,8 +15,11 @@ from flower_exp.errors import FlowerExpError
 from flower_exp.runs import FIXED_COLUMNS, list_runs, rounded
 from flower_exp.tracking import Tracker, TrackingTarget
 
-SPACE = {"architecture": {"choices": ["cnn", "densenet121"]}, "cnn_width": {"choices": [4, 8]},
-         "lr_max": {"low": 1e-4, "high": 1e-2, "log": True}}
+SPACE = {
+    "architecture": {"choices": ["cnn", "densenet121"]},
+    "cnn_width": {"choices": [4, 8]},
+    "lr_max": {"low": 1e-4, "high": 1e-2, "log": True},
+}
 
 
 def _run(tracker, name, kind, *, study=None, parent=None, suggested=None, params=None, metrics=None, state="finished"):
@@ -44,21 +47,55 @@ def store(tmp_path_factory):
     target = TrackingTarget(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}", str(folder / "mlruns" / "artifacts"))
     tracker = Tracker(target, "tiny")
     ids = {}
-    ids["s1"] = _run(tracker, "s1", "sweep", study="s1", params={"search_space": json.dumps(SPACE)},
-                     metrics={"sweep_best_val_macro_f1_final": 0.9})
-    ids["t0"] = _run(tracker, "trial-0", "trial", study="s1", parent=ids["s1"],
-                     suggested={"architecture": "cnn", "cnn_width": 4, "lr_max": 0.0023456789},
-                     metrics={"best_val_macro_f1": 0.9, "best_epoch": 3})
-    ids["t1"] = _run(tracker, "trial-1 (pruned at 2)", "trial", study="s1", parent=ids["s1"], state="pruned",
-                     suggested={"architecture": "densenet121", "lr_max": 0.0001},
-                     metrics={"best_val_macro_f1": 0.5, "best_epoch": 2, "pruned_at_epoch": 2})
-    ids["s2"] = _run(tracker, "s2", "sweep", study="s2", params={"search_space": json.dumps({"dropout": {"low": 0, "high": 0.5}})})
-    ids["u0"] = _run(tracker, "trial-0", "trial", study="s2", parent=ids["s2"], suggested={"dropout": 0.123456},
-                     metrics={"best_val_macro_f1": 0.7, "best_epoch": 1})
-    ids["train"] = _run(tracker, "cnn-32px", "train", params={"lr_max": "0.00123456", "dropout": 0.25},
-                        metrics={"best_val_macro_f1": 0.8, "best_epoch": 4})
-    ids["ens"] = _run(tracker, "ensemble-optuna", "ensemble", parent=ids["s1"], study="s1",
-                      metrics={"holdout_ensemble_macro_f1": 0.95})
+    ids["s1"] = _run(
+        tracker,
+        "s1",
+        "sweep",
+        study="s1",
+        params={"search_space": json.dumps(SPACE)},
+        metrics={"sweep_best_val_macro_f1_final": 0.9},
+    )
+    ids["t0"] = _run(
+        tracker,
+        "trial-0",
+        "trial",
+        study="s1",
+        parent=ids["s1"],
+        suggested={"architecture": "cnn", "cnn_width": 4, "lr_max": 0.0023456789},
+        metrics={"best_val_macro_f1": 0.9, "best_epoch": 3},
+    )
+    ids["t1"] = _run(
+        tracker,
+        "trial-1 (pruned at 2)",
+        "trial",
+        study="s1",
+        parent=ids["s1"],
+        state="pruned",
+        suggested={"architecture": "densenet121", "lr_max": 0.0001},
+        metrics={"best_val_macro_f1": 0.5, "best_epoch": 2, "pruned_at_epoch": 2},
+    )
+    ids["s2"] = _run(
+        tracker, "s2", "sweep", study="s2", params={"search_space": json.dumps({"dropout": {"low": 0, "high": 0.5}})}
+    )
+    ids["u0"] = _run(
+        tracker,
+        "trial-0",
+        "trial",
+        study="s2",
+        parent=ids["s2"],
+        suggested={"dropout": 0.123456},
+        metrics={"best_val_macro_f1": 0.7, "best_epoch": 1},
+    )
+    ids["train"] = _run(
+        tracker,
+        "cnn-32px",
+        "train",
+        params={"lr_max": "0.00123456", "dropout": 0.25},
+        metrics={"best_val_macro_f1": 0.8, "best_epoch": 4},
+    )
+    ids["ens"] = _run(
+        tracker, "ensemble-optuna", "ensemble", parent=ids["s1"], study="s1", metrics={"holdout_ensemble_macro_f1": 0.95}
+    )
     ids["refit"] = _run(tracker, "refit-cnn-32px", "refit", parent=ids["s1"], params={"refit_of": ids["t0"]})
     return folder, target, ids
 
@@ -101,8 +138,17 @@ def test_runs_of_plain_train_runs_and_unknown_study(store):
 
 
 def test_rounded():
-    assert [rounded(v) for v in ("0.0012345", "128", "-3", 2.0, 1e-5, True, "cnn", "", 7)] == \
-        ["0.00123", "128", "-3", "2", "1e-05", "True", "cnn", "", "7"]
+    assert [rounded(v) for v in ("0.0012345", "128", "-3", 2.0, 1e-5, True, "cnn", "", 7)] == [
+        "0.00123",
+        "128",
+        "-3",
+        "2",
+        "1e-05",
+        "True",
+        "cnn",
+        "",
+        "7",
+    ]
 
 
 def test_runs_command_prints_the_study_table(cli, store, demo_root):
@@ -111,9 +157,12 @@ def test_runs_command_prints_the_study_table(cli, store, demo_root):
     from flower_exp.cli import app
 
     folder, _target, ids = store
-    (folder / "experiments.yaml").write_text(yaml.safe_dump({"default": "tiny", "experiments": {"tiny": {"data_dir": demo_root}}}))
-    result = CliRunner().invoke(app, ["--config", str(folder / "experiments.yaml"), "runs", "--study", "s1"],
-                                env={"COLUMNS": "200"})
+    (folder / "experiments.yaml").write_text(
+        yaml.safe_dump({"default": "tiny", "experiments": {"tiny": {"data_dir": demo_root}}})
+    )
+    result = CliRunner().invoke(
+        app, ["--config", str(folder / "experiments.yaml"), "runs", "--study", "s1"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert "runs of study s1 (best val_macro_f1 first)" in result.stdout

@@ -62,7 +62,7 @@ def exec_calls(monkeypatch, tmp_path):
 def test_ui_command_binds_loopback_by_default(exec_calls):
     result = CliRunner().invoke(cli_mod.app, ["ui", "--port", "5123"])
     assert result.exit_code == 0, result.output
-    (_path, argv, env), = exec_calls
+    ((_path, argv, env),) = exec_calls
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5123"
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert "warning" not in result.stderr
@@ -74,7 +74,7 @@ def test_ui_command_binds_loopback_by_default(exec_calls):
 def test_ui_command_warns_once_when_binding_elsewhere(exec_calls):
     result = CliRunner().invoke(cli_mod.app, ["ui", "--host", "0.0.0.0"])
     assert result.exit_code == 0, result.output
-    (_path, argv, _env), = exec_calls
+    ((_path, argv, _env),) = exec_calls
     assert argv[argv.index("--host") + 1] == "0.0.0.0"
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warnings == ["warning: binding to 0.0.0.0: anyone who can reach this machine can read and change your runs"]
@@ -86,7 +86,7 @@ def test_ui_redacts_a_tracking_password(exec_calls):
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output + result.stderr
     assert "postgresql://bob:***@127.0.0.1:5432/mlflow" in result.stderr
-    (_path, argv, env), = exec_calls
+    ((_path, argv, env),) = exec_calls
     assert PASSWORD not in " ".join(argv) and env["MLFLOW_BACKEND_STORE_URI"] == uri
 
 
@@ -107,14 +107,34 @@ def test_sweep_on_postgres_with_password_never_records_it(cli, tmp_path, demo_ro
 
     # The test cluster trusts loopback, so any password connects: it only has to be carried.
     parts = urllib.parse.urlsplit(fresh_postgres_db)
-    url = urllib.parse.urlunsplit(parts._replace(scheme="postgresql", netloc=f"postgres:{PASSWORD}@{parts.hostname}:{parts.port}"))
-    tiny = {"data_dir": demo_root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 32,
-            "architecture": "cnn", "cnn_width": 4, "cnn_depth": 1, "epochs": 1, "lr_rampup_epochs": 0, "lr_sustain_epochs": 0}
+    url = urllib.parse.urlunsplit(
+        parts._replace(scheme="postgresql", netloc=f"postgres:{PASSWORD}@{parts.hostname}:{parts.port}")
+    )
+    tiny = {
+        "data_dir": demo_root,
+        "image_size": 32,
+        "batch_size_per_replica": 16,
+        "shuffle_buffer": 32,
+        "architecture": "cnn",
+        "cnn_width": 4,
+        "cnn_depth": 1,
+        "epochs": 1,
+        "lr_rampup_epochs": 0,
+        "lr_sustain_epochs": 0,
+    }
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"default": "tiny", "experiments": {"tiny": tiny}}))
     (tmp_path / "sweeps").mkdir()
-    (tmp_path / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump(
-        {"trials": 1, "sampler": {"name": "random", "seed": 1}, "pruner": {"name": "none"},
-         "params": {"lr_max": {"low": 1.0e-3, "high": 5.0e-3, "log": True}}, "fixed": {"epochs": 1}}))
+    (tmp_path / "sweeps" / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "trials": 1,
+                "sampler": {"name": "random", "seed": 1},
+                "pruner": {"name": "none"},
+                "params": {"lr_max": {"low": 1.0e-3, "high": 5.0e-3, "log": True}},
+                "fixed": {"epochs": 1},
+            }
+        )
+    )
 
     sweep = cli("sweep", "-s", "tiny", "--storage", url, cwd=tmp_path, timeout=300)
     assert sweep.returncode == 0, sweep.stderr

@@ -148,9 +148,7 @@ def test_mlflow_server_on_postgres_logs_and_serves_artifacts(mlflow_server, fres
     client = MlflowClient(tracking_uri=url)
     experiment = client.get_experiment(ids["exp"])
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
-    children = client.search_runs(
-        [ids["exp"]], filter_string=f"tags.mlflow.parentRunId = '{ids['parent']}'"
-    )
+    children = client.search_runs([ids["exp"]], filter_string=f"tags.mlflow.parentRunId = '{ids['parent']}'")
     assert [run.info.run_id for run in children] == [ids["child"]]
     assert children[0].data.metrics == {"val_accuracy": 0.75}
 

@@ -32,8 +32,7 @@ SWEEP = {
 
 @pytest.fixture
 def project(tmp_path, demo_root):
-    tiny = {"data_dir": demo_root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64,
-            "lr_sustain_epochs": 1}
+    tiny = {"data_dir": demo_root, "image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "lr_sustain_epochs": 1}
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"default": "tiny", "experiments": {"tiny": tiny}}))
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "tiny.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
@@ -80,8 +79,9 @@ def test_sweep_logs_parent_and_children_and_resumes(project):
         assert run.data.tags["flower_exp.state"] in ("finished", "pruned")
         assert run.data.tags["flower_exp.optuna_state"] == trial.state.name
         # The searched values again, under one prefix; fixed settings are not searched.
-        assert {k: v for k, v in run.data.params.items() if k.startswith("search.")} == \
-            {f"search.{k}": run.data.params[k] for k in trial.params}
+        assert {k: v for k, v in run.data.params.items() if k.startswith("search.")} == {
+            f"search.{k}": run.data.params[k] for k in trial.params
+        }
         ended = f" (pruned at {trial.user_attrs['epochs_run']})" if trial.state.name == "PRUNED" else ""
         assert run.info.run_name == f"trial-{trial.number}{ended}"
     best_curve = tracker.client.get_metric_history(result.parent_run_id, "sweep_best_val_macro_f1")
@@ -161,7 +161,10 @@ BAD_SWEEPS = {
     "unknown_setting": ("params: {lr_maxx: {low: 0.1, high: 1.0}}\n", "params.lr_maxx: 'lr_maxx' is not an experiment setting"),
     "bad_choice": ("params: {architecture: {choices: [resnet]}}\n", "params.architecture: value 'resnet' is invalid"),
     "empty_space": ("params: {}\n", "params:"),
-    "unknown_sampler": ("sampler: {name: cmaes}\nparams: {epochs: {low: 1, high: 2}}\n", "sampler.name: unknown sampler 'cmaes'; allowed: tpe, random, grid"),
+    "unknown_sampler": (
+        "sampler: {name: cmaes}\nparams: {epochs: {low: 1, high: 2}}\n",
+        "sampler.name: unknown sampler 'cmaes'; allowed: tpe, random, grid",
+    ),
     "unknown_pruner": ("pruner: {name: asha}\nparams: {epochs: {low: 1, high: 2}}\n", "pruner.name: unknown pruner 'asha'"),
     "malformed": ("params: {epochs: [\n", "malformed YAML"),
     "zero_epochs": ("params: {epochs: {low: 0, high: 2}}\n", "params.epochs: value 0 is invalid"),
@@ -178,8 +181,7 @@ def test_bad_sweep_files_exit_2_with_one_line(cli, project, case):
 
 
 def test_storage_and_worker_errors_exit_2(cli, project):
-    assert_one_line_error(cli("sweep", "-s", "tiny", "--storage", "redis://127.0.0.1/0", cwd=project),
-                          "unknown scheme 'redis'")
+    assert_one_line_error(cli("sweep", "-s", "tiny", "--storage", "redis://127.0.0.1/0", cwd=project), "unknown scheme 'redis'")
     assert_one_line_error(
         cli("sweep", "-s", "tiny", "--storage", "postgresql://bob:hunter2@127.0.0.1:1/optuna", cwd=project),
         "Optuna storage postgresql://bob:***@127.0.0.1:1/optuna: unavailable",
@@ -196,8 +198,14 @@ def test_trial_line_says_where_a_pruned_trial_stopped():
 
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.5487, state=optuna.trial.TrialState.COMPLETE))
-    study.add_trial(optuna.trial.create_trial(value=0.3695, state=optuna.trial.TrialState.PRUNED,
-                                              intermediate_values={1: 0.3781, 2: 0.3695}, user_attrs={"epochs_run": 4}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.3695,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={1: 0.3781, 2: 0.3695},
+            user_attrs={"epochs_run": 4},
+        )
+    )
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     complete, pruned, failed = study.trials
     assert trial_line(complete, 0.5487) == "trial 0 complete 0.5487; best so far 0.5487"
@@ -208,8 +216,14 @@ def test_trial_line_says_where_a_pruned_trial_stopped():
     # The run of a pruned or stopped trial is renamed so the MLflow runs table shows it.
     from flower_exp.study.scoring import ended_run_name
 
-    study.add_trial(optuna.trial.create_trial(value=0.4, state=optuna.trial.TrialState.PRUNED, intermediate_values={1: 0.4},
-                                              user_attrs={"epochs_run": 3, "stopped_by": "budget"}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=0.4,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={1: 0.4},
+            user_attrs={"epochs_run": 3, "stopped_by": "budget"},
+        )
+    )
     assert [ended_run_name(t) for t in study.trials] == [None, "trial-1 (pruned at 4)", None, "trial-3 (stopped at 3)"]
 
 

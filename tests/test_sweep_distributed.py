@@ -373,9 +373,18 @@ def test_a_worker_stopped_by_an_error_fails_the_sweep(tmp_path, capfd):
     from flower_exp.study.workers import _run_processes
 
     project = write_project(tmp_path, str(tmp_path / "data"), "tiny", SWEEP)
-    spec = SweepSpec(config_path=str(project / "experiments.yaml"), experiment="missing", sweep_path=str(project / "sweeps" / "tiny.yaml"),
-                     study_name=STUDY, storage_url=str(project / "journal.log"), tracking=None, parent_run_id="",
-                     total_trials=1, deadline=None, quiet=True)
+    spec = SweepSpec(
+        config_path=str(project / "experiments.yaml"),
+        experiment="missing",
+        sweep_path=str(project / "sweeps" / "tiny.yaml"),
+        study_name=STUDY,
+        storage_url=str(project / "journal.log"),
+        tracking=None,
+        parent_run_id="",
+        total_trials=1,
+        deadline=None,
+        quiet=True,
+    )
     with pytest.raises(FlowerExpError, match=r"2 of 2 worker\(s\) stopped with an error: .*\(exit 2\)"):
         _run_processes(spec, 2, lambda m: None)
     assert "[worker 1] error:" in capfd.readouterr().err

@@ -327,8 +327,10 @@ def test_best_so_far(direction, expected):
     assert [v for _, v in series] == expected
     assert [n for n, _ in series] == [0, 1, 3, 5, 6, 8, 9, 10, 11]  # COMPLETE trials only
     values = [v for _, v in series]
-    ordered = all(a <= b for a, b in zip(values, values[1:])) if direction == "maximize" else all(
-        a >= b for a, b in zip(values, values[1:])
+    ordered = (
+        all(a <= b for a, b in zip(values, values[1:]))
+        if direction == "maximize"
+        else all(a >= b for a, b in zip(values, values[1:]))
     )
     assert ordered
     assert values[-1] == study.best_value

@@ -53,7 +53,9 @@ def test_runs_are_searched_read_and_reopened_through_the_tracker(tmp_path):
         pass
     found = tracker.search_runs("tags.`flower_exp.kind` = 'train'", order_by=["metrics.best_val_macro_f1 DESC"])
     assert [r.info.run_name for r in found] == ["high", "mid", "low"]  # this experiment's runs only
-    assert [r.info.run_id for r in tracker.search_runs("", order_by=["metrics.best_val_macro_f1 ASC"], max_results=1)] == [ids["low"]]
+    assert [r.info.run_id for r in tracker.search_runs("", order_by=["metrics.best_val_macro_f1 ASC"], max_results=1)] == [
+        ids["low"]
+    ]
     assert tracker.search_runs("tags.`flower_exp.kind` = 'sweep'") == []
     assert tracker.get_run(ids["mid"]).info.status == "FINISHED"
     tracker.set_status(ids["mid"], "RUNNING")
@@ -89,8 +91,12 @@ def test_processes_opening_a_new_project_store_at_once_all_succeed(tmp_path):
     script.write_text(OPEN_AT_ONCE)
     project = tmp_path / "project"
     start = time.time() + 8  # every process has imported MLflow by then, so they meet at the store
-    procs = [subprocess.Popen([sys.executable, str(script), str(project), str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(project), str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-500:] for _, err in results]
     assert len({out.strip() for out, _ in results}) == 1  # one experiment, found by all

@@ -72,14 +72,31 @@ def test_cnn_run_logs_everything_and_model_reproduces_val_probs(project, tracker
     (logged,) = tracker.client.get_run(result.run_id).inputs.dataset_inputs
     assert logged.dataset.digest == data.params["data_fingerprint"]
     assert logged.dataset.name == Path(exp.data_dir).name
-    assert json.loads(logged.dataset.profile) == {"train": int(data.params["train_images"]),
-                                                  "val": int(data.params["val_images"]), "classes": 4,
-                                                  "image_size": 32, "extra_sources": 0}
+    assert json.loads(logged.dataset.profile) == {
+        "train": int(data.params["train_images"]),
+        "val": int(data.params["val_images"]),
+        "classes": 4,
+        "image_size": 32,
+        "extra_sources": 0,
+    }
     assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
     assert tracker.client.get_run(result.run_id).info.status == "FINISHED"
     assert data.tags[TAG_STATE] == "finished"
-    for key in ("architecture", "image_size", "batch_size_per_replica", "lr_max", "lr_min", "epochs", "weights",
-                "seed", "augment.flip", "data_fingerprint", "version.keras", "global_batch_size", "replicas"):
+    for key in (
+        "architecture",
+        "image_size",
+        "batch_size_per_replica",
+        "lr_max",
+        "lr_min",
+        "epochs",
+        "weights",
+        "seed",
+        "augment.flip",
+        "data_fingerprint",
+        "version.keras",
+        "global_batch_size",
+        "replicas",
+    ):
         assert key in data.params, key
     assert data.params["architecture"] == "cnn" and data.params["image_size"] == "32"
     for key in EPOCH_METRICS:
@@ -91,8 +108,14 @@ def test_cnn_run_logs_everything_and_model_reproduces_val_probs(project, tracker
     assert 0.0 <= data.metrics["best_val_macro_f1"] <= 1.0
     assert data.metrics["best_val_macro_f1"] == pytest.approx(result.best_val_macro_f1)
     assert data.metrics["peak_memory_mb"] > 10
-    assert {"model/model.keras", "val_probs.npz", "confusion_matrix.png", "history.csv", "lr_schedule.png",
-            "config.yaml"} <= artifacts(tracker, result.run_id)
+    assert {
+        "model/model.keras",
+        "val_probs.npz",
+        "confusion_matrix.png",
+        "history.csv",
+        "lr_schedule.png",
+        "config.yaml",
+    } <= artifacts(tracker, result.run_id)
 
     local = Path(tracker.client.download_artifacts(result.run_id, "", str(project / "dl")))
     stored = np.load(local / "val_probs.npz")
@@ -158,7 +181,9 @@ def test_cli_train_keras_application_and_runs_table(cli, project):
 
 
 def test_cli_train_user_errors(cli, project):
-    assert_one_line_error(cli("train", "--set", "architecture=resnet", cwd=project), "unknown architecture 'resnet'; allowed: cnn")
+    assert_one_line_error(
+        cli("train", "--set", "architecture=resnet", cwd=project), "unknown architecture 'resnet'; allowed: cnn"
+    )
     assert_one_line_error(cli("train", "--set", "image_size=1000", cwd=project), "no shards at 1000x1000 or larger")
 
 
@@ -206,8 +231,10 @@ def test_retracing_warning_dropped_only_for_keras_step_functions():
     handler = Collect(level=logging.WARNING)
     logger.addHandler(handler)
     try:
-        tf.get_logger().warning("5 out of the last 13 calls to <function TensorFlowTrainer.make_predict_function."
-                                "<locals>.one_step_on_data_distributed at 0x1> triggered tf.function retracing.")
+        tf.get_logger().warning(
+            "5 out of the last 13 calls to <function TensorFlowTrainer.make_predict_function."
+            "<locals>.one_step_on_data_distributed at 0x1> triggered tf.function retracing."
+        )
         tf.get_logger().warning("5 out of the last 5 calls to <function my_step at 0x2> triggered tf.function retracing.")
     finally:
         logger.removeHandler(handler)

@@ -14,12 +14,31 @@ from flower_exp.errors import ConfigError
 from flower_exp.tracking import Tracker, TrackingTarget
 from flower_exp.train import Phase, phases, refit, run
 
-TINY = {"image_size": 32, "batch_size_per_replica": 16, "shuffle_buffer": 64, "epochs": 2, "architecture": "cnn",
-        "cnn_width": 8, "cnn_depth": 2, "lr_rampup_epochs": 0, "lr_sustain_epochs": 1, "lr_max": 3e-3}
+TINY = {
+    "image_size": 32,
+    "batch_size_per_replica": 16,
+    "shuffle_buffer": 64,
+    "epochs": 2,
+    "architecture": "cnn",
+    "cnn_width": 8,
+    "cnn_depth": 2,
+    "lr_rampup_epochs": 0,
+    "lr_sustain_epochs": 1,
+    "lr_max": 3e-3,
+}
 # A small pretrained network, its "imagenet" weights a file the test writes into weights_dir:
 # two epochs of the head alone, then one that fine-tunes the backbone's top 30 layers.
-TRANSFER = ["architecture=efficientnet_b0", "weights=imagenet", "weights_dir=weights", "epochs=3",
-            "freeze_backbone_epochs=2", "fine_tune_layers=30", "lr_rampup_epochs=0", "lr_sustain_epochs=3", "lr_max=1e-3"]
+TRANSFER = [
+    "architecture=efficientnet_b0",
+    "weights=imagenet",
+    "weights_dir=weights",
+    "epochs=3",
+    "freeze_backbone_epochs=2",
+    "fine_tune_layers=30",
+    "lr_rampup_epochs=0",
+    "lr_sustain_epochs=3",
+    "lr_max=1e-3",
+]
 
 
 @pytest.fixture
@@ -83,8 +102,9 @@ def test_frozen_head_then_fine_tuned_top_layers_in_one_run(project, tracker, mon
     from flower_exp.models import backbone, create_model
 
     file = project / "weights" / "efficientnetb0_notop.h5"
-    published = write_weights_file(file, lambda: keras.applications.EfficientNetB0(
-        include_top=False, weights=None, input_shape=(32, 32, 3)))
+    published = write_weights_file(
+        file, lambda: keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    )
 
     def no_download(*args, **kwargs):
         raise AssertionError(f"download attempted: {args[:1]}")
@@ -130,8 +150,10 @@ def test_frozen_head_then_fine_tuned_top_layers_in_one_run(project, tracker, mon
     assert [m.value for m in client.get_metric_history(result.run_id, "lr")] == pytest.approx([1e-3] * 3)
     params = client.get_run(result.run_id).data.params
     assert params["freeze_backbone_epochs"] == "2" and params["fine_tune_layers"] == "30"
-    assert params["phases"] == (f"epochs 1-2: head only, backbone frozen; epochs 3-3: head and top 30 of {len(layers)} "
-                                "backbone layers (BatchNormalization frozen)")
+    assert params["phases"] == (
+        f"epochs 1-2: head only, backbone frozen; epochs 3-3: head and top 30 of {len(layers)} "
+        "backbone layers (BatchNormalization frozen)"
+    )
     assert params["weights_file"] == str(file)
 
     # A refit follows the same phases (here over 2 epochs with one frozen).
@@ -168,40 +190,57 @@ def test_backbone_settings_on_cnn_are_refused(cli, project):
         "experiments.yaml: experiments.tiny.freeze_backbone_epochs: 2 needs an architecture with a backbone and cnn "
         "has none; allowed with cnn: 0",
     )
-    assert_one_line_error(cli("train", "--set", "fine_tune_layers=10", cwd=project),
-                          "experiments.tiny.fine_tune_layers: 10 needs an architecture", "allowed with cnn: all")
+    assert_one_line_error(
+        cli("train", "--set", "fine_tune_layers=10", cwd=project),
+        "experiments.tiny.fine_tune_layers: 10 needs an architecture",
+        "allowed with cnn: all",
+    )
     assert not (project / "mlruns" / "mlflow.db").exists()  # refused before any run exists
 
 
-@pytest.mark.parametrize("value,fragment", [
-    ("-1", "fine_tune_layers: Input should be a number of layers >= 0 or 'all' (got -1)"),
-    ("most", "fine_tune_layers: Input should be a number of layers >= 0 or 'all' (got 'most')"),
-    ("true", "fine_tune_layers: Input should be a number of layers >= 0 or 'all' (got True)"),
-])
+@pytest.mark.parametrize(
+    "value,fragment",
+    [
+        ("-1", "fine_tune_layers: Input should be a number of layers >= 0 or 'all' (got -1)"),
+        ("most", "fine_tune_layers: Input should be a number of layers >= 0 or 'all' (got 'most')"),
+        ("true", "fine_tune_layers: Input should be a number of layers >= 0 or 'all' (got True)"),
+    ],
+)
 def test_bad_fine_tune_layers(cli, project, value, fragment):
     assert_one_line_error(cli("config", "show", "--set", f"fine_tune_layers={value}", cwd=project), "--set", fragment)
 
 
 def test_bad_freeze_backbone_epochs(cli, project):
-    assert_one_line_error(cli("config", "show", "--set", "freeze_backbone_epochs=-1", cwd=project),
-                          "freeze_backbone_epochs: Input should be greater than or equal to 0")
+    assert_one_line_error(
+        cli("config", "show", "--set", "freeze_backbone_epochs=-1", cwd=project),
+        "freeze_backbone_epochs: Input should be greater than or equal to 0",
+    )
 
 
 BAD_SWEEPS = {
-    "fixed_on_cnn": ({"params": {"lr_max": {"low": 1e-3, "high": 2e-3}}, "fixed": {"freeze_backbone_epochs": 2}},
-                     "fixed.freeze_backbone_epochs: 2 needs an architecture with a backbone and cnn has none"),
-    "searched_with_cnn": ({"params": {"architecture": {"choices": ["cnn", "efficientnet_b0"]},
-                                      "fine_tune_layers": {"choices": [20, "all"]}}},
-                          "params.fine_tune_layers: 20 needs an architecture with a backbone and cnn has none; allowed with "
-                          "cnn: all (with a backbone: densenet*, efficientnet*); or sample it only with those: when:"),
-    "enqueued_with_cnn": ({"params": {"architecture": {"choices": ["cnn", "efficientnet_b0"]},
-                                      "freeze_backbone_epochs": {"low": 0, "high": 2,
-                                                                 "when": {"architecture": ["efficientnet_b0"]}}},
-                           "enqueue": [{"architecture": "cnn", "freeze_backbone_epochs": 1}]},
-                          "enqueue.0.freeze_backbone_epochs: 1 needs an architecture with a backbone"),
-    "wrong_type": ({"params": {"fine_tune_layers": {"choices": ["20"]}}, "fixed": {"architecture": "densenet121"}},
-                   "params.fine_tune_layers: '20' has the wrong type for 'fine_tune_layers'; allowed: a number of layers >= 0 "
-                   "or 'all'"),
+    "fixed_on_cnn": (
+        {"params": {"lr_max": {"low": 1e-3, "high": 2e-3}}, "fixed": {"freeze_backbone_epochs": 2}},
+        "fixed.freeze_backbone_epochs: 2 needs an architecture with a backbone and cnn has none",
+    ),
+    "searched_with_cnn": (
+        {"params": {"architecture": {"choices": ["cnn", "efficientnet_b0"]}, "fine_tune_layers": {"choices": [20, "all"]}}},
+        "params.fine_tune_layers: 20 needs an architecture with a backbone and cnn has none; allowed with "
+        "cnn: all (with a backbone: densenet*, efficientnet*); or sample it only with those: when:",
+    ),
+    "enqueued_with_cnn": (
+        {
+            "params": {
+                "architecture": {"choices": ["cnn", "efficientnet_b0"]},
+                "freeze_backbone_epochs": {"low": 0, "high": 2, "when": {"architecture": ["efficientnet_b0"]}},
+            },
+            "enqueue": [{"architecture": "cnn", "freeze_backbone_epochs": 1}],
+        },
+        "enqueue.0.freeze_backbone_epochs: 1 needs an architecture with a backbone",
+    ),
+    "wrong_type": (
+        {"params": {"fine_tune_layers": {"choices": ["20"]}}, "fixed": {"architecture": "densenet121"}},
+        "params.fine_tune_layers: '20' has the wrong type for 'fine_tune_layers'; allowed: a number of layers >= 0 or 'all'",
+    ),
 }
 
 
@@ -216,15 +255,23 @@ def test_transfer_sweeps_that_keep_cnn_apart_are_accepted(project):
     exp = load_experiment(config=project).config  # architecture cnn
     ok = [
         # The architecture fixed beside the settings, on a cnn experiment.
-        {"params": {"freeze_backbone_epochs": {"low": 0, "high": 3}, "fine_tune_layers": {"choices": [20, "all"]}},
-         "fixed": {"architecture": "efficientnet_b0"}},
+        {
+            "params": {"freeze_backbone_epochs": {"low": 0, "high": 3}, "fine_tune_layers": {"choices": [20, "all"]}},
+            "fixed": {"architecture": "efficientnet_b0"},
+        },
         # cnn searched too, the settings sampled only with a backbone; a trial enqueued for each.
-        {"params": {"architecture": {"choices": ["cnn", "efficientnet_b0"]},
-                    "freeze_backbone_epochs": {"low": 1, "high": 3, "when": {"architecture": ["efficientnet_b0"]}}},
-         "enqueue": [{"architecture": "efficientnet_b0", "freeze_backbone_epochs": 2}, {"architecture": "cnn"}]},
+        {
+            "params": {
+                "architecture": {"choices": ["cnn", "efficientnet_b0"]},
+                "freeze_backbone_epochs": {"low": 1, "high": 3, "when": {"architecture": ["efficientnet_b0"]}},
+            },
+            "enqueue": [{"architecture": "efficientnet_b0", "freeze_backbone_epochs": 2}, {"architecture": "cnn"}],
+        },
         # Fixed settings with architectures that all have a backbone (sweep --set lands in fixed).
-        {"params": {"architecture": {"choices": ["densenet121", "efficientnet_b0"]}},
-         "fixed": {"freeze_backbone_epochs": 2, "fine_tune_layers": 40}},
+        {
+            "params": {"architecture": {"choices": ["densenet121", "efficientnet_b0"]}},
+            "fixed": {"freeze_backbone_epochs": 2, "fine_tune_layers": 40},
+        },
     ]
     for i, sweep in enumerate(ok):
         path = project / "sweeps" / f"ok{i}.yaml"

@@ -56,7 +56,9 @@ ExperimentOpt = Annotated[
 ]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a setting, KEY=VALUE (dotted keys for nested ones, e.g. augment.flip=false). Repeatable."),
+    typer.Option(
+        "--set", help="Override a setting, KEY=VALUE (dotted keys for nested ones, e.g. augment.flip=false). Repeatable."
+    ),
 ]
 
 
@@ -96,7 +98,6 @@ TrackingOpt = Annotated[
 ]
 
 
-
 def main() -> None:
     """Console-script entry point: runs the app, mapping user errors to exit 2.
 
@@ -110,4 +111,3 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-

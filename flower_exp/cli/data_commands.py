@@ -71,9 +71,7 @@ def data_inspect(
     skip_corrupt: Annotated[
         bool, typer.Option("--skip-corrupt", help="Report corrupt records/shards and go on instead of stopping.")
     ] = False,
-    sheet: Annotated[
-        Optional[Path], typer.Option(help="Contact-sheet PNG to write (default: ./contact-sheet-<S>.png).")
-    ] = None,
+    sheet: Annotated[Optional[Path], typer.Option(help="Contact-sheet PNG to write (default: ./contact-sheet-<S>.png).")] = None,
     no_sheet: Annotated[bool, typer.Option("--no-sheet", help="Do not write a contact sheet.")] = False,
     samples: Annotated[int, typer.Option(help="Images on the contact sheet.")] = 24,
 ) -> None:
@@ -104,26 +102,35 @@ def data_import_folder(
     experiment: Annotated[
         Optional[str],
         typer.Option(
-            "--experiment", "-e",
+            "--experiment",
+            "-e",
             help="Also add experiment NAME reading the dataset to ./experiments.yaml (created if missing; "
             "--config PATH for another), so `flower-exp sweep -e NAME` works right away.",
         ),
     ] = None,
     out_dir: Annotated[
-        Optional[Path], typer.Option("--out", help="Output dataset root (competition layout). Default with --experiment: data/NAME.")
+        Optional[Path],
+        typer.Option("--out", help="Output dataset root (competition layout). Default with --experiment: data/NAME."),
     ] = None,
     sizes: Annotated[
         Optional[str],
-        typer.Option(help="Comma-separated square sizes to write, e.g. 224,331 (default: 224; with --experiment "
-                          "64,96,128,224: the CPU sweep's sizes, and 224 for pretrained networks)."),
+        typer.Option(
+            help="Comma-separated square sizes to write, e.g. 224,331 (default: 224; with --experiment "
+            "64,96,128,224: the CPU sweep's sizes, and 224 for pretrained networks)."
+        ),
     ] = None,
     val: Annotated[float, typer.Option(help="Validation fraction per class.")] = 0.15,
     test: Annotated[float, typer.Option(help="Test fraction per class (0: no test split).")] = 0.15,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
     shards: Annotated[int, typer.Option(help="Shards per split.")] = 8,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = 40_000_000,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")
+    ] = 40_000_000,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing dataset at --out (and, with --experiment, an experiment of that name).")
+        bool,
+        typer.Option(
+            "--force", help="Replace an existing dataset at --out (and, with --experiment, an experiment of that name)."
+        ),
     ] = False,
 ) -> None:
     """Convert class-per-subfolder images into the competition TFRecord layout (and, with
@@ -207,7 +214,9 @@ def data_check_leakage(
         table.add_row(kind, str(n))
     out.print(table)
     for pair in report.pairs[:20]:
-        out.print(f"  {pair.a.split}:{pair.a.id} ~ {pair.b.split}:{pair.b.id}  distance {pair.distance}  ({pair.a.source} / {pair.b.source})")
+        out.print(
+            f"  {pair.a.split}:{pair.a.id} ~ {pair.b.split}:{pair.b.id}  distance {pair.distance}  ({pair.a.source} / {pair.b.source})"
+        )
     target = str(plot or Path.cwd() / f"leakage-{exp.name}.png")
     plot_pairs(report, target)
     out.print(f"{len(report.pairs)} leaking pairs; picture: {target}")

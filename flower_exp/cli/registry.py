@@ -27,11 +27,15 @@ def models_command(
     ] = None,
     params: Annotated[
         bool,
-        typer.Option("--params", help="Also count each listed network's parameters (builds it without pretrained "
-                                      "weights: seconds for each large EfficientNet on a CPU)."),
+        typer.Option(
+            "--params",
+            help="Also count each listed network's parameters (builds it without pretrained "
+            "weights: seconds for each large EfficientNet on a CPU).",
+        ),
     ] = False,
     image_size: Annotated[
-        Optional[int], typer.Option("--image-size", help="Build at this input size for the counts (implies --params; default 224).")
+        Optional[int],
+        typer.Option("--image-size", help="Build at this input size for the counts (implies --params; default 224)."),
     ] = None,
     classes: Annotated[int, typer.Option("--classes", help="Classes of the softmax head counted with --params.")] = 104,
 ) -> None:
@@ -47,8 +51,10 @@ def models_command(
     if count and classes < 2:
         raise FlowerExpError(f"--classes {classes}: must be at least 2")
     columns = ["architecture", "family", "weights", "normalization"]
-    rows = [[s.name, s.family, ", ".join(accepted_weights(s)), _NORMALIZATION_MEANING.get(s.normalization, s.normalization)]
-            for s in specs]
+    rows = [
+        [s.name, s.family, ", ".join(accepted_weights(s)), _NORMALIZATION_MEANING.get(s.normalization, s.normalization)]
+        for s in specs
+    ]
     if count:
         from ..models import count_params
 
@@ -63,8 +69,11 @@ def models_command(
         table.add_row(*row)
     out.print(table)
     out.print("weights: also a local weights file of the headless network; pretrained = the last one listed before it")
-    out.print("cnn: width and depth are the cnn_width / cnn_depth settings (counted at 32 and 4)" if count
-              else "parameter counts: flower-exp models NAME... --params [--image-size N]")
+    out.print(
+        "cnn: width and depth are the cnn_width / cnn_depth settings (counted at 32 and 4)"
+        if count
+        else "parameter counts: flower-exp models NAME... --params [--image-size N]"
+    )
     out.print("next: flower-exp train --set architecture=NAME --set weights=none   (or a sweep's params/fixed)")
 
 
@@ -108,5 +117,7 @@ def weights_command(
     scratch = [spec.name for spec in specs if not spec.pretrained]
     if scratch:
         out.print(f"{', '.join(scratch)}: no pretrained weights (trained from scratch)")
-    out.print("a missing file downloads on first use when online; offline, put it in one of the folders above"
-              + ("" if urls else " (--urls: where to get it)"))
+    out.print(
+        "a missing file downloads on first use when online; offline, put it in one of the folders above"
+        + ("" if urls else " (--urls: where to get it)")
+    )

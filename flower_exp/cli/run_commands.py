@@ -57,9 +57,7 @@ def train_command(
         bool, typer.Option("--allow-leakage", help="Train even if an extra_data source contains val/test images.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log lines only, no progress bar.")] = False,
-    strategy: Annotated[
-        Optional[str], typer.Option(help="auto, tpu, mirrored, gpu or cpu (same as --set strategy=...).")
-    ] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="auto, tpu, mirrored, gpu or cpu (same as --set strategy=...).")] = None,
     cpu_replicas: Annotated[
         int, typer.Option("--cpu-replicas", help="Split the CPU into N logical devices (to try strategy=mirrored without GPUs).")
     ] = 1,
@@ -120,8 +118,11 @@ def runs_command(
     runs = list_runs(target, exp.name, top, study)
     where = f"study {study}" if study else f"experiment {exp.name}"
     if not runs.rows:
-        out.print(f"no trial runs yet in {where}" if study else
-                  f"no runs yet in {where}; start one with: flower-exp train -e {exp.name}")
+        out.print(
+            f"no trial runs yet in {where}"
+            if study
+            else f"no runs yet in {where}; start one with: flower-exp train -e {exp.name}"
+        )
     else:
         out.print(_table(f"runs of {where} (best val_macro_f1 first)", runs.columns, runs.rows))
     if runs.parent_run_id:
@@ -178,7 +179,10 @@ def sweep_command(
         Optional[str], typer.Option(help="Optuna storage: journal file path or postgresql:// / mysql:// / sqlite:/// URL.")
     ] = None,
     tracking_uri: TrackingOpt = None,
-    new: Annotated[bool, typer.Option("--new/--resume", help="Start a new study instead of resuming (refuses to replace one without --force).")] = False,
+    new: Annotated[
+        bool,
+        typer.Option("--new/--resume", help="Start a new study instead of resuming (refuses to replace one without --force)."),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="With --new: delete an existing study of that name first.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="Sampler seed (default: the sweep file's).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="One line per trial instead of per epoch.")] = False,
@@ -223,9 +227,7 @@ def sweep_command(
         )
         result = run_sweep(options, log=lambda message: err.print(escape(message)), on_event=events)
     counts = result.counts
-    out.print(
-        f"study {result.study_name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
-    )
+    out.print(f"study {result.study_name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed")
     if result.best:
         table = Table(title="best trials (val_macro_f1)")
         for column in ("trial", "val_macro_f1", "best epoch"):
@@ -263,9 +265,17 @@ def status_command(
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
         out.print(f"best: trial {best['number']} val_macro_f1 {best['value']:.4f} ({params}); MLflow run {best['run_id']}")
         names = list(dict.fromkeys(name for row in info["top"] for name in row["params"]))
-        rows = [[str(row["number"]), row["state"], f"{row['value']:.4f}", str(row["best_epoch"] or ""),
-                 *(_fmt(row["params"][n]) if n in row["params"] else "" for n in names), row["run_id"]]
-                for row in info["top"]]
+        rows = [
+            [
+                str(row["number"]),
+                row["state"],
+                f"{row['value']:.4f}",
+                str(row["best_epoch"] or ""),
+                *(_fmt(row["params"][n]) if n in row["params"] else "" for n in names),
+                row["run_id"],
+            ]
+            for row in info["top"]
+        ]
         columns = ["trial", "state", "val_macro_f1", "best epoch", *names, "MLflow run"]
         out.print(_table(f"top {len(rows)} trials (val_macro_f1)", columns, rows))
     out.print(f"MLflow parent run: {info['parent_run_id']}")
@@ -278,7 +288,9 @@ def _fmt(value) -> str:
 @app.command("best")
 def best_command(
     experiment: ExperimentOpt = None,
-    study: Annotated[Optional[str], typer.Option(help="Only this study's trials (default: every finished run of the experiment).")] = None,
+    study: Annotated[
+        Optional[str], typer.Option(help="Only this study's trials (default: every finished run of the experiment).")
+    ] = None,
     top: Annotated[int, typer.Option("--top", "-k", help="How many runs to consider.")] = 3,
     metric: Annotated[str, typer.Option(help="Ranking metric (per-run best).")] = "val_macro_f1",
     diverse: Annotated[bool, typer.Option("--diverse", help="At most one run per architecture.")] = False,
@@ -286,10 +298,16 @@ def best_command(
     trials: Annotated[int, typer.Option(help="Weight-search trials (optuna) or rounds (greedy).")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the validation split and the weight search.")] = 0,
     export: Annotated[Optional[Path], typer.Option(help="Write a self-contained export to this folder.")] = None,
-    refit: Annotated[bool, typer.Option("--refit", help="Retrain each exported member on train+val for its best epoch count.")] = False,
+    refit: Annotated[
+        bool, typer.Option("--refit", help="Retrain each exported member on train+val for its best epoch count.")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")] = False,
-    force_ensemble: Annotated[bool, typer.Option("--force-ensemble", help="Export the blend even if it does not beat the best single member.")] = False,
-    register: Annotated[Optional[str], typer.Option(help="Also register the export in the MLflow model registry under this name.")] = None,
+    force_ensemble: Annotated[
+        bool, typer.Option("--force-ensemble", help="Export the blend even if it does not beat the best single member.")
+    ] = False,
+    register: Annotated[
+        Optional[str], typer.Option(help="Also register the export in the MLflow model registry under this name.")
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Select the best runs, search ensemble weights honestly (fit on one half of validation,
@@ -297,9 +315,21 @@ def best_command(
     from ..best import BestOptions, run_best
 
     options = BestOptions(
-        experiment=experiment, study=study, top=top, metric=metric, diverse=diverse, method=method, trials=trials,
-        seed=seed, export=str(export) if export else None, refit=refit, force=force, force_ensemble=force_ensemble,
-        register=register, tracking_uri=tracking_uri, config=state.config,
+        experiment=experiment,
+        study=study,
+        top=top,
+        metric=metric,
+        diverse=diverse,
+        method=method,
+        trials=trials,
+        seed=seed,
+        export=str(export) if export else None,
+        refit=refit,
+        force=force,
+        force_ensemble=force_ensemble,
+        register=register,
+        tracking_uri=tracking_uri,
+        config=state.config,
     )
     result = run_best(options, log=lambda m: err.print(escape(m)))
     report = result.report
@@ -308,13 +338,23 @@ def best_command(
         table.add_column(column, justify="left" if column in ("run", "architecture") else "right")
     weights = dict(zip(report.member_names, report.weights))
     for c in result.candidates:
-        table.add_row(c.run_id, c.architecture, str(c.image_size), f"{c.score:.4f}",
-                      f"{report.holdout_members.get(c.run_id, float('nan')):.4f}", f"{weights.get(c.run_id, 0.0):.3f}")
+        table.add_row(
+            c.run_id,
+            c.architecture,
+            str(c.image_size),
+            f"{c.score:.4f}",
+            f"{report.holdout_members.get(c.run_id, float('nan')):.4f}",
+            f"{weights.get(c.run_id, 0.0):.3f}",
+        )
     out.print(table)
-    out.print(f"held-out ensemble {report.holdout_ensemble:.4f} vs best single member {report.holdout_best_single:.4f} (picked on the fit half, like the weights)")
+    out.print(
+        f"held-out ensemble {report.holdout_ensemble:.4f} vs best single member {report.holdout_best_single:.4f} (picked on the fit half, like the weights)"
+    )
     out.print(f"exported members: {', '.join(result.exported_members)}; MLflow ensemble run {result.ensemble_run_id}")
     if result.export_dir:
-        out.print(f"next: flower-exp predict {result.export_dir} --test   |   flower-exp predict {result.export_dir} IMAGE_OR_URL")
+        out.print(
+            f"next: flower-exp predict {result.export_dir} --test   |   flower-exp predict {result.export_dir} IMAGE_OR_URL"
+        )
 
 
 @app.command("predict")
@@ -322,9 +362,13 @@ def predict_command(
     export_dir: Annotated[Path, typer.Argument(help="Export folder written by flower-exp best --export.")],
     sources: Annotated[Optional[list[str]], typer.Argument(help="Image files or http(s) URLs.")] = None,
     test: Annotated[bool, typer.Option("--test", help="Predict the experiment's test split and write a submission CSV.")] = False,
-    data: Annotated[Optional[str], typer.Option(help="Dataset root for --test (default: the export's experiment's data_dir).")] = None,
+    data: Annotated[
+        Optional[str], typer.Option(help="Dataset root for --test (default: the export's experiment's data_dir).")
+    ] = None,
     out_file: Annotated[Path, typer.Option("--out", help="Submission file for --test.")] = Path("submission.csv"),
-    labels: Annotated[Optional[Path], typer.Option(help="id,label CSV to score --test against (default: DATA/test_labels.csv if present).")] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option(help="id,label CSV to score --test against (default: DATA/test_labels.csv if present).")
+    ] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average each image with its left-right flip.")] = False,
     top_n: Annotated[int, typer.Option("--top", help="Classes to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -363,7 +407,14 @@ def predict_command(
         else:
             results = predict_sources(ensemble, list(sources), top=top_n, tta=tta)
         if as_json:
-            out.print_json(json.dumps([{"source": r.source, "error": r.error, "top": [{"class": c, "probability": p} for c, p in r.top]} for r in results]))
+            out.print_json(
+                json.dumps(
+                    [
+                        {"source": r.source, "error": r.error, "top": [{"class": c, "probability": p} for c, p in r.top]}
+                        for r in results
+                    ]
+                )
+            )
         else:
             for r in results:
                 if r.error:

@@ -44,10 +44,13 @@ def ui_argv(mlflow_bin: str, target, host: str = LOOPBACK, port: int = 5000) -> 
 @app.command("ui")
 def ui_command(
     experiment: Annotated[
-        Optional[str], typer.Option("--experiment", "-e", help="Print only this experiment's pages (default: every experiment with runs).")
+        Optional[str],
+        typer.Option("--experiment", "-e", help="Print only this experiment's pages (default: every experiment with runs)."),
     ] = None,
     tracking_uri: TrackingOpt = None,
-    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your runs to the network.")] = LOOPBACK,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; anything but loopback exposes your runs to the network.")
+    ] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:
     """Open the MLflow UI on this project's runs (http://127.0.0.1:5000 by default) and print the
@@ -94,7 +97,9 @@ def ui_command(
 @app.command("dashboard")
 def dashboard_command(
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage (default: the project's journal file).")] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback exposes your studies to the network.")] = LOOPBACK,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; anything but loopback exposes your studies to the network.")
+    ] = LOOPBACK,
     port: Annotated[int, typer.Option(help="Port of the dashboard.")] = 8080,
 ) -> None:
     """Live view of the project's Optuna studies (optuna-dashboard: history, importances, trials

@@ -47,8 +47,7 @@ def open_data(exp: ResolvedExperiment, log: Callable[[str], None] = lambda _msg:
         path = records.join(exp.data_dir, records.CLASSES_FILE)
         if not records.exists(path):
             raise DataError(
-                f"{path}: not found; experiment {exp.name!r} needs class names: "
-                f"set classes or classes_file in {exp.config_path}"
+                f"{path}: not found; experiment {exp.name!r} needs class names: set classes or classes_file in {exp.config_path}"
             )
         names = records.read_classes_file(path)
     extra = [(src.path, tuple(src.splits)) for src in exp.extra_data]

@@ -86,8 +86,7 @@ def _recipe(classes, per_class, sizes, seed, shards) -> dict:
     per_class = _as_int("per_class", per_class)
     if per_class < MIN_PER_CLASS:
         raise DataError(
-            f"demo per_class must be at least {MIN_PER_CLASS} (so train, val and test each get every class), "
-            f"got {per_class}"
+            f"demo per_class must be at least {MIN_PER_CLASS} (so train, val and test each get every class), got {per_class}"
         )
     if isinstance(sizes, (int, str)) or not sizes:
         raise DataError(f"demo sizes must be a non-empty list of positive integers, got {sizes!r}")

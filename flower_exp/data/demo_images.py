@@ -238,9 +238,7 @@ def _noise_images(n: int) -> list:
     if n not in _NOISE:
         unit = np.random.default_rng(20200101).standard_normal((2 * n, 2 * n, 3), dtype=np.float32)
         _NOISE.clear()  # one canvas size per dataset; keep memory flat
-        _NOISE[n] = [
-            Image.fromarray(np.clip(unit * sigma + 128.5, 0, 255).astype(np.uint8), "RGB") for sigma in _NOISE_LEVELS
-        ]
+        _NOISE[n] = [Image.fromarray(np.clip(unit * sigma + 128.5, 0, 255).astype(np.uint8), "RGB") for sigma in _NOISE_LEVELS]
     return _NOISE[n]
 
 

@@ -147,8 +147,7 @@ def import_folder(
             "classes": classes,
             "counts": counts,
             "per_class": {
-                cname: {s: sum(1 for img in splits[s] if img.label == c) for s in split_names}
-                for c, cname in enumerate(classes)
+                cname: {s: sum(1 for img in splits[s] if img.label == c) for s in split_names} for c, cname in enumerate(classes)
             },
             "skipped": skipped,
             "duplicates": duplicates,
@@ -159,9 +158,7 @@ def import_folder(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
-    return ImportReport(
-        out=str(out_path), classes=classes, sizes=sizes, counts=counts, skipped=skipped, duplicates=duplicates
-    )
+    return ImportReport(out=str(out_path), classes=classes, sizes=sizes, counts=counts, skipped=skipped, duplicates=duplicates)
 
 
 # --------------------------------------------------------------------------- as an experiment
@@ -255,9 +252,7 @@ def _check_args(
     if val_fraction <= 0:
         raise DataError(f"val_fraction must be > 0 (a validation split is required), got {val_fraction}")
     if val_fraction + test_fraction >= 1:
-        raise DataError(
-            f"val_fraction + test_fraction must be < 1 (training needs images), got {val_fraction} + {test_fraction}"
-        )
+        raise DataError(f"val_fraction + test_fraction must be < 1 (training needs images), got {val_fraction} + {test_fraction}")
     if shards < 1:
         raise DataError(f"shards must be >= 1, got {shards}")
     if max_pixels < 1:
@@ -386,7 +381,9 @@ def decode_square(data: bytes, largest: int, max_pixels: int, formats: tuple[str
             img = Image.open(io.BytesIO(data))  # reads the header only
             width, height = img.size
             if width * height > max_pixels:
-                raise DataError(f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} (max_pixels)")
+                raise DataError(
+                    f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels} (max_pixels)"
+                )
             if formats is not None and img.format not in formats:
                 raise DataError(f"not a {' or '.join(formats)} image ({img.format})")
             img.draft("RGB", (largest, largest))  # JPEG: decode at a reduced scale when large
@@ -511,9 +508,7 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n - n_val - n_test, n_val, n_test
 
 
-def _split(
-    per_class: list[list[_Image]], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[_Image]]:
+def _split(per_class: list[list[_Image]], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[_Image]]:
     rng = random.Random(seed)
     out: dict[str, list[_Image]] = {"train": [], "val": [], "test": []}
     for members in per_class:

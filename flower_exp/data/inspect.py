@@ -158,9 +158,7 @@ def inspect_dataset(
     """
     sizes = available_sizes(root)
     if not sizes:
-        raise DataError(
-            f"{root}: no tfrecords-jpeg-SxS folders; expected ROOT/tfrecords-jpeg-SxS/{{train,val,test}}/*.tfrec"
-        )
+        raise DataError(f"{root}: no tfrecords-jpeg-SxS folders; expected ROOT/tfrecords-jpeg-SxS/{{train,val,test}}/*.tfrec")
     if size is None:
         size = sizes[-1]
     elif size not in sizes:
@@ -189,7 +187,13 @@ def inspect_dataset(
                 problems.append(str(exc))
             continue
         stats, ids = _read_split(
-            split, files, size, skip_corrupt, max_records, class_names, problems,
+            split,
+            files,
+            size,
+            skip_corrupt,
+            max_records,
+            class_names,
+            problems,
             sampler if split == "train" else None,
         )
         splits[split] = stats
@@ -361,7 +365,8 @@ def render_report(report: InspectReport, console: Console) -> None:
 
     console.print(
         Text.assemble(
-            ("Dataset ", "bold"), (report.root, "cyan"),
+            ("Dataset ", "bold"),
+            (report.root, "cyan"),
             f"  at {report.size}x{report.size}",
             f"  (sizes available: {', '.join(map(str, report.sizes_available))})",
         )
@@ -409,9 +414,7 @@ def render_report(report: InspectReport, console: Console) -> None:
         console.print(classes)
 
     if report.duplicate_ids_across_splits:
-        console.print(
-            Text(f"Ids in more than one split: {_examples(report.duplicate_ids_across_splits)}", style="bold red")
-        )
+        console.print(Text(f"Ids in more than one split: {_examples(report.duplicate_ids_across_splits)}", style="bold red"))
     if report.problems:
         console.print(Text(f"Problems ({len(report.problems)}):", style="bold red"))
         for problem in report.problems:

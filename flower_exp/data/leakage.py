@@ -298,9 +298,7 @@ def _hash_records(shard: str, recs: list[tuple[int, records.Record]]) -> list[in
         return list(pool.map(one, recs))
 
 
-def hash_split(
-    root: str, size: int, split: str, cache_dir: str | None, *, source: str = MAIN
-) -> list[HashedImage]:
+def hash_split(root: str, size: int, split: str, cache_dir: str | None, *, source: str = MAIN) -> list[HashedImage]:
     """Perceptual hashes of every record of ``split`` (at the stored size ``size`` reads).
 
     With ``cache_dir``, each shard's hashes are cached in ``cache_dir/hashes/`` under a key of
@@ -368,17 +366,14 @@ def near_pairs(a: Sequence[HashedImage], b: Sequence[HashedImage], max_distance:
     return pairs
 
 
-def _report_key(
-    roots: Sequence[tuple[str, Sequence[str] | None]], inventories: Sequence[list], max_distance: int
-) -> str:
+def _report_key(roots: Sequence[tuple[str, Sequence[str] | None]], inventories: Sequence[list], max_distance: int) -> str:
     """Report cache key: shard paths + lengths + mtimes of everything compared, and the settings."""
     parts = {
         "version": REPORT_VERSION,
         "hash": HASH_VERSION,
         "max_distance": max_distance,
         "roots": [
-            {"root": r, "splits": sorted(s) if s is not None else None, "shards": inv}
-            for (r, s), inv in zip(roots, inventories)
+            {"root": r, "splits": sorted(s) if s is not None else None, "shards": inv} for (r, s), inv in zip(roots, inventories)
         ],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -466,7 +461,7 @@ def ensure_no_leakage(
         example = next(p for p in leaking if p.a.source == source)
         more = len(per_source) - 1
         raise LeakageError(
-            f"extra_data {source[len(EXTRA_PREFIX):]}: {per_source[source]} image pair(s) match main val/test images "
+            f"extra_data {source[len(EXTRA_PREFIX) :]}: {per_source[source]} image pair(s) match main val/test images "
             f"of {root} (e.g. {example.a.split} id {example.a.id} ~ {example.b.split} id {example.b.id}, "
             f"distance {example.distance} <= {max_distance})"
             + (f", and {more} more leaking source(s)" if more else "")

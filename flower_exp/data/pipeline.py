@@ -125,8 +125,9 @@ def split_files(root: str, split: str, image_size: int, extra: Sequence[DataSour
             size = records.source_size(source.root, image_size)
             files += [f for part in source.splits for f in records.shard_files(source.root, size, part)]
             exact = exact and size == image_size
-    return SplitFiles(split=split, files=files, count=records.count_records(files), stored_size=stored,
-                      image_size=image_size, exact=exact)
+    return SplitFiles(
+        split=split, files=files, count=records.count_records(files), stored_size=stored, image_size=image_size, exact=exact
+    )
 
 
 @contextmanager
@@ -566,8 +567,7 @@ def _checked_labels(raw: tf.Tensor, record_ids: tf.Tensor, num_classes: int | No
     def fail() -> tf.Tensor:
         first = tf.argmin(tf.cast(in_range, tf.int32))
         message = tf.strings.join(
-            ["label ", tf.strings.as_string(raw[first]), " of record ", record_ids[first],
-             f" is outside [0, {num_classes})"]
+            ["label ", tf.strings.as_string(raw[first]), " of record ", record_ids[first], f" is outside [0, {num_classes})"]
         )
         with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
             return tf.identity(label)

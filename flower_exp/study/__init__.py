@@ -69,8 +69,15 @@ def run_sweep(
     spec, tracker = started.spec, started.tracker
     with interrupt_once(), _end_parent_on_stop(tracker, spec.parent_run_id):
         if options.workers == 1:
-            run_worker(spec, study=started.study, exp=started.exp, sweep_cfg=started.sweep_cfg, tracker=tracker,
-                       log=log, on_event=on_event)
+            run_worker(
+                spec,
+                study=started.study,
+                exp=started.exp,
+                sweep_cfg=started.sweep_cfg,
+                tracker=tracker,
+                log=log,
+                on_event=on_event,
+            )
         else:
             _run_processes(spec, options.workers, log)
     study = optuna.load_study(study_name=spec.study_name, storage=started.store)

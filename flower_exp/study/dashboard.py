@@ -56,4 +56,3 @@ def serve_dashboard(storage_url: str, host: str, port: int) -> None:
         run_server(store, host=host, port=port)
     except OSError as exc:  # port in use, address not on this machine
         raise FlowerExpError(f"dashboard on {host}:{port}: cannot listen ({exc.strerror or exc}); pick another --port") from None
-

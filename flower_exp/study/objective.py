@@ -57,8 +57,14 @@ class _Objective:
         self.finish_reserve_s: float | None = None
         self.shortest_trial_s = 0.0
         self.full_trial_s = 0.0  # the longest trial that ran all its epochs (for continue_best)
-        self.judged_at_epoch = max(1, sweep_cfg.pruner.min_resource if sweep_cfg.pruner.name == "hyperband"
-                                   else sweep_cfg.pruner.n_warmup_steps + 1 if sweep_cfg.pruner.name == "median" else 1)
+        self.judged_at_epoch = max(
+            1,
+            sweep_cfg.pruner.min_resource
+            if sweep_cfg.pruner.name == "hyperband"
+            else sweep_cfg.pruner.n_warmup_steps + 1
+            if sweep_cfg.pruner.name == "median"
+            else 1,
+        )
 
     def __call__(self, trial) -> float:
         try:
@@ -94,8 +100,7 @@ class _Objective:
             attrs[ATTR_UNRECORDED_RUN] = trial.user_attrs[ATTR_RUN]
         trial.study.enqueue_trial(trial.params, user_attrs=attrs)
         self.stop = FlowerExpError(
-            f"trial {trial.number}: result not recorded, marked FAILED and queued again; "
-            f"rerun the same command once fixed: {exc}"
+            f"trial {trial.number}: result not recorded, marked FAILED and queued again; rerun the same command once fixed: {exc}"
         )
         self.log(f"trial {trial.number} failed: {exc}")
 
@@ -133,8 +138,11 @@ class _Objective:
             source_run = trial.study.get_trials(deepcopy=False)[continues].user_attrs[ATTR_RUN]
             tags.update({TAG_PREFIX + "continues_trial": str(continues), TAG_PREFIX + "continued_from_run": source_run})
         shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
-        self.log(f"trial {trial.number}: continues trial {continues} from its best epoch, lr_max {_short(cfg.lr_max)}"
-                 if continues is not None else f"trial {trial.number}: {shown}")
+        self.log(
+            f"trial {trial.number}: continues trial {continues} from its best epoch, lr_max {_short(cfg.lr_max)}"
+            if continues is not None
+            else f"trial {trial.number}: {shown}"
+        )
         self.emit({"kind": "trial_start", "number": trial.number, "epochs": cfg.epochs})
         started = time.time()
         judged_s: list[float] = []  # seconds from the start to the pruner's first judgement
@@ -144,8 +152,14 @@ class _Objective:
             if epoch == min(self.judged_at_epoch, cfg.epochs):
                 judged_s.append(time.time() - started)
             trial_best[0] = max(trial_best[0], value)
-            event = {"kind": "epoch", "number": trial.number, "epoch": epoch, "epochs": cfg.epochs, "value": value,
-                     "trial_best": trial_best[0]}
+            event = {
+                "kind": "epoch",
+                "number": trial.number,
+                "epoch": epoch,
+                "epochs": cfg.epochs,
+                "value": value,
+                "trial_best": trial_best[0],
+            }
             if self.spec.budget is not None:
                 event.update(budget_used_s=self.spec.budget.used_s(), budget_left_s=self.spec.budget.left_s())
             self.emit(event)
@@ -225,8 +239,17 @@ class _Objective:
         best = best_score(study)
         self.log(trial_line(trial, best))
         counts = _count(study)
-        self.emit({"kind": "trial_end", "number": trial.number, "state": trial.state.name.lower(), "value": trial.value, "best": best,
-                   "done": counts["finished"] + counts["failed_counted"], "total": self.spec.total_trials})
+        self.emit(
+            {
+                "kind": "trial_end",
+                "number": trial.number,
+                "state": trial.state.name.lower(),
+                "value": trial.value,
+                "best": best,
+                "done": counts["finished"] + counts["failed_counted"],
+                "total": self.spec.total_trials,
+            }
+        )
         try:
             run_id = trial.user_attrs.get(ATTR_RUN)
             if run_id:

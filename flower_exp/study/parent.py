@@ -44,7 +44,8 @@ def _parent_run(
         except Exception:  # deleted or from another tracking store: start a new parent
             pass
     run_id = tracker.start(
-        name, {TAG_KIND: "sweep", TAG_SWEEP: name, TAG_STUDY: name, TAG_PREFIX + "storage": redact(storage_url), TAG_STATE: "running"}
+        name,
+        {TAG_KIND: "sweep", TAG_SWEEP: name, TAG_STUDY: name, TAG_PREFIX + "storage": redact(storage_url), TAG_STATE: "running"},
     )
     tracker.log_params(
         run_id,
@@ -105,8 +106,10 @@ def _finish_parent(study, tracker: Tracker, parent: str, total: int, log: Callab
     if scored:
         value, trial = scored[0]
         metrics[METRIC_SWEEP_BEST_FINAL] = value
-        tracker.set_tags(parent, {TAG_PREFIX + "best_trial": str(trial.number),
-                                  TAG_PREFIX + "best_run_id": str(trial.user_attrs.get(ATTR_RUN, ""))})
+        tracker.set_tags(
+            parent,
+            {TAG_PREFIX + "best_trial": str(trial.number), TAG_PREFIX + "best_run_id": str(trial.user_attrs.get(ATTR_RUN, ""))},
+        )
     tracker.log_metrics(parent, metrics)
     log_report(study, tracker, parent, log)
     done = counts["finished"] >= total

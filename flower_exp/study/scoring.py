@@ -90,8 +90,14 @@ def top_trials(study, n: int) -> list[dict[str, Any]]:
     """The ``n`` best trials of :func:`scored_trials`, best first; ``state`` is ``complete`` or
     ``stopped`` (by the budget)."""
     return [
-        {"number": t.number, "value": value, "params": dict(t.params), "run_id": t.user_attrs.get(ATTR_RUN, ""),
-         "best_epoch": t.user_attrs.get("best_epoch"), "stopped_by": t.user_attrs.get(ATTR_STOPPED_BY),
-         "state": "stopped" if t.user_attrs.get(ATTR_STOPPED_BY) == "budget" else "complete"}
+        {
+            "number": t.number,
+            "value": value,
+            "params": dict(t.params),
+            "run_id": t.user_attrs.get(ATTR_RUN, ""),
+            "best_epoch": t.user_attrs.get("best_epoch"),
+            "stopped_by": t.user_attrs.get(ATTR_STOPPED_BY),
+            "state": "stopped" if t.user_attrs.get(ATTR_STOPPED_BY) == "budget" else "complete",
+        }
         for value, t in scored_trials(study)[:n]
     ]

@@ -16,8 +16,13 @@ from .storage import _default_study_name, default_storage_url, find_sweep_file, 
 
 
 def study_status(
-    *, experiment: str | None = None, sweep: str | None = None, study_name: str | None = None,
-    storage: str | None = None, config: str | os.PathLike | None = None, top: int = 5,
+    *,
+    experiment: str | None = None,
+    sweep: str | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    config: str | os.PathLike | None = None,
+    top: int = 5,
 ) -> dict[str, Any]:
     """Trials by state, the ``top`` best trials (:func:`top_trials`; ``best`` is the first),
     the parent MLflow run (no TensorFlow)."""

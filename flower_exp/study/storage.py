@@ -47,8 +47,9 @@ def default_storage_url(config_path: Path) -> str:
 
 def _default_study_name(experiment: str, sweep_path: Path) -> str:
     """``<experiment>-<sweep file stem>``, checked like a ``--study`` name."""
-    return check_study_name(f"{experiment}-{sweep_path.stem}",
-                            f"study name of -e {experiment} -s {sweep_path.stem} (choose one with --study):")
+    return check_study_name(
+        f"{experiment}-{sweep_path.stem}", f"study name of -e {experiment} -s {sweep_path.stem} (choose one with --study):"
+    )
 
 
 def _refuse_in_memory_storage(url: str) -> None:
@@ -62,8 +63,10 @@ def _refuse_in_memory_storage(url: str) -> None:
     except Exception:  # sqlalchemy raises several types for a malformed URL: open_storage reports it
         return
     if not database or database == ":memory:" or database.startswith("file::memory:") or "mode=memory" in url:
-        raise FlowerExpError(f"--storage {url}: an in-memory database is lost when the sweep exits; "
-                             "use a file (sqlite:///mlruns/optuna.db) or the default journal")
+        raise FlowerExpError(
+            f"--storage {url}: an in-memory database is lost when the sweep exits; "
+            "use a file (sqlite:///mlruns/optuna.db) or the default journal"
+        )
 
 
 def open_storage(url: str, heartbeat: HeartbeatConfig, on_stale: Callable | None = None, readonly: bool = False) -> Any:
@@ -190,7 +193,9 @@ class StaleTrialHandler:
                 )
                 run_id = found[0].info.run_id if found else None
             if run_id is not None:
-                tracker.set_tags(run_id, {TAG_STATE: "failed", TAG_PREFIX + "error": "worker died (no heartbeat); trial re-queued"})
+                tracker.set_tags(
+                    run_id, {TAG_STATE: "failed", TAG_PREFIX + "error": "worker died (no heartbeat); trial re-queued"}
+                )
                 tracker.end(run_id, "FAILED")
         except FlowerExpError:
             pass  # the store is down: the trial is still re-queued below
