@@ -62,6 +62,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server started with ``start_new_session=True`` and every process it forked
+    (gunicorn/uvicorn workers): SIGTERM to its process group, SIGKILL if it lingers."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def listening_addresses(port: int) -> set[str]:
     """Local addresses (as text) with a TCP socket in LISTEN state on ``port`` (Linux /proc)."""
     found: set[str] = set()

@@ -8,8 +8,6 @@ import html
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from projects import write_project
+from servers import free_port, stop_group
 
 SWEEP = {
     "trials": 2,
@@ -56,12 +55,6 @@ def swept(tmp_path_factory, demo_root) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve(folder: Path, command: str, port: int, ready_path: str):
     """Start ``flower-exp COMMAND --port PORT``; return the process and its stderr once
     ``ready_path`` answers."""
@@ -85,15 +78,6 @@ def _serve(folder: Path, command: str, port: int, ready_path: str):
         except OSError:
             assert proc.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(1)
-
-
-def _stop(proc) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _rendered_text(url: str, folder: Path) -> str:
@@ -121,7 +105,7 @@ def _link(stderr: str, label: str) -> str:
 
 
 def test_ui_compare_page_shows_the_trials_and_their_searched_parameters(swept):
-    port = _free_port()
+    port = free_port()
     proc, stderr = _serve(swept, "ui", port, "/health")
     try:
         runs_text = _rendered_text(_link(stderr, "tiny: runs"), swept)
@@ -132,11 +116,11 @@ def test_ui_compare_page_shows_the_trials_and_their_searched_parameters(swept):
         for name in ("trial-0", "trial-1", "search.lr_max", "best_val_macro_f1"):
             assert name in compare_text, (name, compare_text[:2000])
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 def test_dashboard_shows_the_study_and_its_trials(swept):
-    port = _free_port()
+    port = free_port()
     proc, stderr = _serve(swept, "dashboard", port, "/dashboard")
     try:
         study_url = _link(stderr, "tiny-tiny (2 trials)")
@@ -144,4 +128,4 @@ def test_dashboard_shows_the_study_and_its_trials(swept):
         text = _rendered_text(study_url + "/trials", swept)
         assert "tiny-tiny" in text and "lr_max" in text, text[:2000]
     finally:
-        _stop(proc)
+        stop_group(proc)

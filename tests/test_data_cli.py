@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error
+from servers import free_port, stop_group
 
 
 def test_demo_then_inspect_default_experiment(cli, tmp_path):
@@ -96,15 +94,9 @@ def test_check_leakage_clean_and_leaking_extra_data(cli, tmp_path, demo_root):
     assert_one_line_error(refused, str(extra), "--allow-leakage")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ui_serves_on_loopback(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flower_exp.cli", "ui", "--port", str(port)],
         cwd=tmp_path,
@@ -124,9 +116,4 @@ def test_ui_serves_on_loopback(tmp_path):
         assert (tmp_path / "mlruns" / "mlflow.db").exists()
     finally:
         # The server forks gunicorn workers: stop the whole session's process group.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=20)

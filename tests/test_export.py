@@ -19,6 +19,7 @@ from flower_exp.export import ExportMember, write_export
 from flower_exp.export_format import load_export
 from flower_exp.fetch import MAX_BYTES
 from flower_exp.predictor import predict_arrays, predict_sources
+from servers import stop_group
 
 CLASSES = ["daisy", "rose", "tulip", "iris"]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
@@ -255,7 +256,6 @@ def test_served_export_answers_base64_requests_on_loopback(exported, image_files
     """A real `mlflow models serve --env-manager local` process and real HTTP requests."""
     import base64
     import os
-    import signal
     import socket
     import subprocess
     import sys
@@ -313,12 +313,7 @@ def test_served_export_answers_base64_requests_on_loopback(exported, image_files
         status, answer = post([image_files[0]], column="image")
         assert status == 400 and "reads no file paths" in answer["message"], answer
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=30)
         log.close()
 
 
