@@ -88,8 +88,8 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     assert all(t.user_attrs[ATTR_STOPPED_BY] == "budget" and 1 <= t.user_attrs["epochs_run"] < ENDLESS for t in trials)
     # The stopped trial counts as the study's best (by its best epoch, not its last report).
     first = trials[0]
-    assert result.best[0]["value"] == max(max(t.intermediate_values.values()) for t in trials)
-    assert result.best[0]["stopped_by"] == "budget"
+    assert result.best[0].value == max(max(t.intermediate_values.values()) for t in trials)
+    assert result.best[0].state == "stopped"
     # Epoch events carry what the live line shows.
     epoch = next(e for e in events if e["kind"] == "epoch")
     assert {"trial_best", "budget_used_s", "budget_left_s"} <= set(epoch)
@@ -103,13 +103,13 @@ def test_budget_stops_the_running_trial_keeps_it_and_best_exports_it(project):
     assert run.data.metrics["stopped_at_epoch"] == first.user_attrs["epochs_run"]
     assert run.info.run_name == f"trial-{first.number} (stopped at {first.user_attrs['epochs_run']})"
     parent = tracker.client.get_run(result.parent_run_id)
-    assert parent.data.metrics["sweep_best_val_macro_f1_final"] == result.best[0]["value"]
+    assert parent.data.metrics["sweep_best_val_macro_f1_final"] == result.best[0].value
 
     best = run_best(
         BestOptions(study=result.study_name, top=1, export=str(project / "export"), config=project / "experiments.yaml"),
         log=lambda m: None,
     )
-    assert [c.run_id for c in best.candidates] == [result.best[0]["run_id"]]
+    assert [c.run_id for c in best.candidates] == [result.best[0].run_id]
     assert (project / "export" / "ensemble.json").is_file()
 
 

@@ -98,10 +98,10 @@ def test_sweep_logs_parent_and_children_and_resumes(project):
     assert len(tracker.client.search_runs([tracker.experiment_id], "tags.`flower_exp.kind` = 'sweep'")) == 1
 
     status = study_status(sweep="tiny", config=project / "experiments.yaml", top=2)
-    assert status["counts"]["complete"] + status["counts"]["pruned"] == 3
-    assert status["parent_run_id"] == result.parent_run_id
-    assert 1 <= len(status["top"]) <= 2 and status["top"][0] == status["best"]
-    assert all(row["state"] == "complete" for row in status["top"])
+    assert status.counts["complete"] + status.counts["pruned"] == 3
+    assert status.parent_run_id == result.parent_run_id
+    assert 1 <= len(status.top) <= 2 and status.top[0] == status.best
+    assert all(row.state == "complete" for row in status.top)
 
     # flower-exp runs --study: the study's trials only, its search space as columns, rounded.
     table = list_runs(tracker.target, "tiny", study="tiny-tiny")

@@ -234,10 +234,10 @@ def sweep_command(
             table.add_column(column, justify="right")
         table.add_column("MLflow run", no_wrap=True, min_width=32)
         for row in result.best:
-            table.add_row(str(row["number"]), f"{row['value']:.4f}", str(row["best_epoch"] or ""), row["run_id"])
+            table.add_row(str(row.number), f"{row.value:.4f}", str(row.best_epoch or ""), row.run_id)
         out.print(table)
         for row in result.best:
-            out.print(f"  trial {row['number']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items()))
+            out.print(f"  trial {row.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.params.items()))
     out.print(f"MLflow parent run: {result.parent_run_id}")
     out.print("next:")
     out.print("  flower-exp ui                                    # compare the runs side by side")
@@ -258,27 +258,27 @@ def status_command(
     from ..study import study_status
 
     info = study_status(experiment=experiment, sweep=sweep, study_name=study, storage=storage, config=state.config, top=top)
-    counts = ", ".join(f"{v} {k}" for k, v in info["counts"].items() if k != "finished")
-    out.print(f"study {info['study']} ({info['storage']}): {counts}")
-    best = info["best"]
+    counts = ", ".join(f"{v} {k}" for k, v in info.counts.items() if k != "finished")
+    out.print(f"study {info.study} ({info.storage}): {counts}")
+    best = info.best
     if best:
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
-        out.print(f"best: trial {best['number']} val_macro_f1 {best['value']:.4f} ({params}); MLflow run {best['run_id']}")
-        names = list(dict.fromkeys(name for row in info["top"] for name in row["params"]))
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        out.print(f"best: trial {best.number} val_macro_f1 {best.value:.4f} ({params}); MLflow run {best.run_id}")
+        names = list(dict.fromkeys(name for row in info.top for name in row.params))
         rows = [
             [
-                str(row["number"]),
-                row["state"],
-                f"{row['value']:.4f}",
-                str(row["best_epoch"] or ""),
-                *(_fmt(row["params"][n]) if n in row["params"] else "" for n in names),
-                row["run_id"],
+                str(row.number),
+                row.state,
+                f"{row.value:.4f}",
+                str(row.best_epoch or ""),
+                *(_fmt(row.params[n]) if n in row.params else "" for n in names),
+                row.run_id,
             ]
-            for row in info["top"]
+            for row in info.top
         ]
         columns = ["trial", "state", "val_macro_f1", "best epoch", *names, "MLflow run"]
         out.print(_table(f"top {len(rows)} trials (val_macro_f1)", columns, rows))
-    out.print(f"MLflow parent run: {info['parent_run_id']}")
+    out.print(f"MLflow parent run: {info.parent_run_id}")
 
 
 def _fmt(value) -> str:

@@ -25,17 +25,19 @@ from ..signals import interrupt_once
 from .options import SweepOptions, SweepResult
 from .parent import _end_parent_on_stop, _finish_parent
 from .sampling import make_pruner
-from .scoring import _count, top_trials
+from .scoring import TrialSummary, _count, top_trials
 from .start import start_sweep
-from .status import study_status
+from .status import StudyStatus, study_status
 from .storage import default_storage_url, open_storage
 from .workers import _run_processes, run_worker
 
 # The entry points of the CLI and the public API, and the storage and pruner helpers the
 # benchmarks build their own studies with.
 __all__ = [
+    "StudyStatus",
     "SweepOptions",
     "SweepResult",
+    "TrialSummary",
     "default_storage_url",
     "make_pruner",
     "open_storage",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..budget import Deadline
 from ..tracking import TrackingTarget
+from .scoring import TrialSummary
 
 
 @dataclass(frozen=True)
@@ -81,4 +81,4 @@ class SweepResult:
     parent_run_id: str
     experiment: str
     counts: dict[str, int]
-    best: list[dict[str, Any]] = field(default_factory=list)  # top trials: number, value, params, run_id
+    best: list[TrialSummary] = field(default_factory=list)  # the top trials, best first

@@ -3,6 +3,8 @@ best epoch), the best trials, and the line and run name a finished trial gets.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any
 
 from .names import ATTR_FAIL, ATTR_RUN, ATTR_STOPPED_BY
@@ -86,18 +88,28 @@ def best_score(study) -> float | None:
     return scored[0][0] if scored else None
 
 
-def top_trials(study, n: int) -> list[dict[str, Any]]:
-    """The ``n`` best trials of :func:`scored_trials`, best first; ``state`` is ``complete`` or
-    ``stopped`` (by the budget)."""
+@dataclass(frozen=True)
+class TrialSummary:
+    """One scored trial as ``status`` and the end of a sweep show it."""
+
+    number: int
+    value: float  # its best val_macro_f1 (a stopped trial's best epoch)
+    params: dict[str, Any]
+    run_id: str  # its MLflow run ("" when none was recorded)
+    best_epoch: int | None
+    state: str  # complete | stopped (by the budget)
+
+
+def top_trials(study, n: int) -> list[TrialSummary]:
+    """The ``n`` best trials of :func:`scored_trials`, best first."""
     return [
-        {
-            "number": t.number,
-            "value": value,
-            "params": dict(t.params),
-            "run_id": t.user_attrs.get(ATTR_RUN, ""),
-            "best_epoch": t.user_attrs.get("best_epoch"),
-            "stopped_by": t.user_attrs.get(ATTR_STOPPED_BY),
-            "state": "stopped" if t.user_attrs.get(ATTR_STOPPED_BY) == "budget" else "complete",
-        }
+        TrialSummary(
+            number=t.number,
+            value=value,
+            params=dict(t.params),
+            run_id=t.user_attrs.get(ATTR_RUN, ""),
+            best_epoch=t.user_attrs.get("best_epoch"),
+            state="stopped" if t.user_attrs.get(ATTR_STOPPED_BY) == "budget" else "complete",
+        )
         for value, t in scored_trials(study)[:n]
     ]

@@ -4,15 +4,31 @@ storage alone (no TensorFlow, no MLflow)."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..config import HeartbeatConfig, check_study_name, find_config, load_experiment
 from ..errors import FlowerExpError
 from ..tracking import redact
 from .names import ATTR_PARENT
-from .scoring import _count, top_trials
+from .scoring import TrialSummary, _count, top_trials
 from .storage import _default_study_name, default_storage_url, find_sweep_file, open_storage
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """What ``flower-exp status`` shows of a study."""
+
+    study: str
+    storage: str  # redacted
+    counts: dict[str, int]  # trials by state (complete, pruned, failed, running, waiting, finished)
+    top: list[TrialSummary]  # best first
+    parent_run_id: str | None  # the sweep's MLflow parent run
+
+    @property
+    def best(self) -> TrialSummary | None:
+        """The best trial, if any is scored."""
+        return self.top[0] if self.top else None
 
 
 def study_status(
@@ -23,9 +39,9 @@ def study_status(
     storage: str | None = None,
     config: str | os.PathLike | None = None,
     top: int = 5,
-) -> dict[str, Any]:
-    """Trials by state, the ``top`` best trials (:func:`top_trials`; ``best`` is the first),
-    the parent MLflow run (no TensorFlow)."""
+) -> StudyStatus:
+    """Trials by state, the ``top`` best trials (:func:`top_trials`), the parent MLflow run (no
+    TensorFlow)."""
     import optuna
 
     if top < 1:
@@ -48,12 +64,10 @@ def study_status(
     study = optuna.load_study(study_name=study_name, storage=store)
     counts = _count(study)
     counts.pop("failed_counted")
-    top_list = top_trials(study, top)
-    return {
-        "study": study_name,
-        "storage": redact(storage_url),
-        "counts": counts,
-        "best": next(iter(top_list), None),
-        "top": top_list,
-        "parent_run_id": study.user_attrs.get(ATTR_PARENT),
-    }
+    return StudyStatus(
+        study=study_name,
+        storage=redact(storage_url),
+        counts=counts,
+        top=top_trials(study, top),
+        parent_run_id=study.user_attrs.get(ATTR_PARENT),
+    )
