@@ -909,10 +909,10 @@ def notes(s: dict[str, Any], runs: list[dict[str, Any]], budget_min: float, args
     split = split_seeds(runs)
     if split:
         out.append(
-            "**Some seeds' pairs ran in different sittings** (" + "; ".join(split) + "): the same machine type "
-            "ran at different speeds on different days (seen: one epoch of the same configuration took 35 s "
-            "one day and 44 s another), so a seed's methods only compare within one sitting; rerun those "
-            "seeds' pairs together."
+            "**Some seeds' pairs ran in different sittings** (" + "; ".join(split) + "): a sitting may get another "
+            "machine, or the same one may run at another speed (seen: one epoch of the same configuration took "
+            "35 s in one sitting and 44 s in the next), so a seed's methods only compare within one sitting; "
+            "rerun those seeds' pairs together."
         )
     if s["goal_met"] is None:
         out.append(
