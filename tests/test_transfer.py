@@ -13,19 +13,10 @@ from flower_exp.config import load_experiment, load_sweep
 from flower_exp.errors import ConfigError
 from flower_exp.tracking import Tracker, TrackingTarget
 from flower_exp.train import Phase, phases, refit, run
+from projects import TINY as PROJECT_TINY
 
-TINY = {
-    "image_size": 32,
-    "batch_size_per_replica": 16,
-    "shuffle_buffer": 64,
-    "epochs": 2,
-    "architecture": "cnn",
-    "cnn_width": 8,
-    "cnn_depth": 2,
-    "lr_rampup_epochs": 0,
-    "lr_sustain_epochs": 1,
-    "lr_max": 3e-3,
-}
+# The shared tiny CNN project, trained for two epochs at a fixed peak LR.
+TINY = {**PROJECT_TINY, "epochs": 2, "lr_max": 3e-3}
 # A small pretrained network, its "imagenet" weights a file the test writes into weights_dir:
 # two epochs of the head alone, then one that fine-tunes the backbone's top 30 layers.
 TRANSFER = [
