@@ -44,7 +44,7 @@ def swept(tmp_path_factory, demo_root) -> Path:
     """A project with one finished two-trial sweep (study tiny-tiny)."""
     folder = write_project(tmp_path_factory.mktemp("browser"), demo_root, "tiny", sweep=SWEEP)
     done = subprocess.run(
-        [sys.executable, "-m", "flower_exp.cli", "sweep", "--quiet"],
+        [sys.executable, "-m", "flower_exp.cli", "sweep", "-s", "tiny", "--quiet"],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -99,9 +99,10 @@ def _rendered_text(url: str, folder: Path) -> str:
 
 
 def _link(stderr: str, label: str) -> str:
-    found = [line.split(": ", 1)[1].strip() for line in stderr.splitlines() if label in line]
-    assert found, stderr
-    return found[0]
+    """The URL on the printed line that has ``label``."""
+    found = [re.search(r"https?://\S+", line) for line in stderr.splitlines() if label in line]
+    assert found and found[0], stderr
+    return found[0].group(0)
 
 
 def test_ui_compare_page_shows_the_trials_and_their_searched_parameters(swept):
@@ -111,7 +112,7 @@ def test_ui_compare_page_shows_the_trials_and_their_searched_parameters(swept):
         runs_text = _rendered_text(_link(stderr, "tiny: runs"), swept)
         # Model-training mode: the runs table with the sweep's parent run, not the GenAI overview.
         assert "Run Name" in runs_text and "tiny-tiny" in runs_text, runs_text[:2000]
-        compare_text = _rendered_text(_link(stderr, "compare its 2 trials").split(": ", 1)[-1], swept)
+        compare_text = _rendered_text(_link(stderr, "compare its 2 trials"), swept)
         assert "Comparing 2 Runs" in compare_text, compare_text[:2000]
         for name in ("trial-0", "trial-1", "search.lr_max", "best_val_macro_f1"):
             assert name in compare_text, (name, compare_text[:2000])
